@@ -1,0 +1,90 @@
+//! Running one component on named input tensors, as `patchwork model forward` does: the inputs carry
+//! the reference's argument names, so any fixture made with the reference can be checked without code.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::dit::WanTransformer;
+use super::error::{ModelError, Result};
+use super::load::ComponentDir;
+
+/// The components that can be run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// `hidden_states`, `timestep`, `encoder_hidden_states` → `sample`.
+    Transformer,
+    /// `latents` (raw, before the pipeline's mean/std) → `sample`.
+    VaeDecode,
+    /// `sample` → `mean` (the latent distribution's mode, raw).
+    VaeEncode,
+    /// `input_ids`, `attention_mask` → `last_hidden_state`.
+    TextEncoder,
+}
+
+impl Component {
+    pub const ALL: [Component; 4] =
+        [Component::Transformer, Component::VaeDecode, Component::VaeEncode, Component::TextEncoder];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Transformer => "transformer",
+            Component::VaeDecode => "vae-decode",
+            Component::VaeEncode => "vae-encode",
+            Component::TextEncoder => "text-encoder",
+        }
+    }
+}
+
+impl FromStr for Component {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Component::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Component::ALL.iter().map(|c| c.name()).collect();
+            ModelError::input("component", format!("unknown component `{s}`; one of {}", names.join(", ")))
+        })
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(ModelError::input("dtype", format!("unknown dtype `{other}`; one of f32, bf16, f16"))),
+    }
+}
+
+/// Loads `component` from `model_dir` (the folder holding its `config.json`) in `dtype` and runs it on
+/// `inputs`. Outputs are returned in f32.
+pub fn run_component(
+    component: Component,
+    model_dir: &Path,
+    inputs: &HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let dir = ComponentDir::open(model_dir)?;
+    let input = |name: &str| -> Result<&Tensor> {
+        inputs.get(name).ok_or_else(|| ModelError::input(name, format!("missing; the {} takes it", component.name())))
+    };
+    let (name, output) = match component {
+        Component::Transformer => {
+            let model = WanTransformer::load(&dir, dtype, device)?;
+            let out = model.forward(
+                &input("hidden_states")?.to_device(device)?,
+                &input("timestep")?.to_device(device)?,
+                &input("encoder_hidden_states")?.to_device(device)?,
+            )?;
+            ("sample", out)
+        }
+        Component::VaeDecode | Component::VaeEncode | Component::TextEncoder => {
+            return Err(ModelError::input("component", format!("{} is not wired yet", component.name())))
+        }
+    };
+    Ok(HashMap::from([(name.to_string(), output.to_dtype(DType::F32)?)]))
+}

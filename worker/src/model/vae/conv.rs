@@ -1,0 +1,194 @@
+//! Convolutions over video tensors `[batch, channels, time, height, width]`: the reference's causal 3D
+//! convolution (`WanCausalConv3d`) and its per-frame 2D convolutions, which are the same thing with a
+//! temporal kernel of 1.
+//!
+//! candle has no conv3d. Three implementations share one interface:
+//! - kernel 1×1×1 (shortcuts, quant convs, attention projections): a plain matrix product over channels;
+//! - f32 on the CPU: [`super::cpu_conv`], one GEMM per kernel tap over a padded row band, no im2col;
+//! - anything else (CUDA, bf16): per output frame, the `kt` input frames it reads are concatenated along
+//!   channels and convolved by one `conv2d` with the kernel folded to `[cout, kt*cin, kh, kw]`, which is
+//!   the same sum over taps done by a single library call.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::cpu_conv::{self, ConvGeometry, Frame, TapWeights};
+
+/// A convolution whose time axis is causal: `causal_pad` frames before the input (zeros, or frames
+/// carried over from the previous chunk) and none after.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    geom: ConvGeometry,
+    causal_pad: usize,
+    kernel: Kernel,
+}
+
+#[derive(Debug, Clone)]
+enum Kernel {
+    /// `w [cout, cin]`, `b [cout, 1]`.
+    Pointwise { w: Tensor, b: Tensor },
+    Cpu(TapWeights),
+    /// `w [cout, kt*cin, kh, kw]` (taps folded into input channels, tap-major), `b [1, cout, 1, 1]`.
+    Folded { w: Tensor, b: Tensor },
+}
+
+/// Which implementation to prefer; tests use `Generic` to cross-check the CPU kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvImpl {
+    Auto,
+    Generic,
+}
+
+impl Conv {
+    /// `WanCausalConv3d(cin, cout, kernel, stride=(stride_t, 1, 1), padding)`: weight
+    /// `[cout, cin, kt, kh, kw]`; time is padded by `2 * padding.0` frames in the past only, height and
+    /// width symmetrically.
+    pub fn causal3d(
+        vb: &VarBuilder,
+        (cin, cout): (usize, usize),
+        (kt, kh, kw): (usize, usize, usize),
+        stride_t: usize,
+        (pt, ph, pw): (usize, usize, usize),
+    ) -> Result<Self> {
+        let geom = ConvGeometry { cin, cout, kt, kh, kw, stride_t, stride_s: 1, pad: [ph, ph, pw, pw] };
+        let w = vb.get((cout, cin, kt, kh, kw), "weight")?;
+        let b = vb.get(cout, "bias")?;
+        Self::build(geom, 2 * pt, w, b, ConvImpl::Auto)
+    }
+
+    /// `nn.Conv2d(cin, cout, k, stride)` applied to every frame, after zero padding `[top, bottom, left,
+    /// right]` (the reference's downsampling pads only bottom and right).
+    pub fn per_frame2d(vb: &VarBuilder, (cin, cout): (usize, usize), k: usize, stride: usize, pad: [usize; 4]) -> Result<Self> {
+        let geom = ConvGeometry { cin, cout, kt: 1, kh: k, kw: k, stride_t: 1, stride_s: stride, pad };
+        let w = vb.get((cout, cin, k, k), "weight")?.reshape((cout, cin, 1, k, k))?;
+        let b = vb.get(cout, "bias")?;
+        Self::build(geom, 0, w, b, ConvImpl::Auto)
+    }
+
+    /// `w` is `[cout, cin, kt, kh, kw]`.
+    fn build(geom: ConvGeometry, causal_pad: usize, w: Tensor, b: Tensor, imp: ConvImpl) -> Result<Self> {
+        let g = &geom;
+        let pointwise = g.kt == 1 && g.kh == 1 && g.kw == 1 && g.stride_s == 1 && g.stride_t == 1 && g.pad == [0; 4];
+        let kernel = if pointwise {
+            Kernel::Pointwise { w: w.reshape((g.cout, g.cin))?, b: b.reshape((g.cout, 1))? }
+        } else if imp == ConvImpl::Auto && w.device().is_cpu() && w.dtype() == DType::F32 {
+            let flat = w.flatten_all()?.to_vec1::<f32>()?;
+            Kernel::Cpu(TapWeights::new(g, &flat, b.to_vec1::<f32>()?))
+        } else {
+            // [cout, cin, kt, kh, kw] -> [cout, kt, cin, kh, kw] -> [cout, kt*cin, kh, kw]
+            let w = w.permute((0, 2, 1, 3, 4))?.reshape((g.cout, g.kt * g.cin, g.kh, g.kw))?.contiguous()?;
+            Kernel::Folded { w, b: b.reshape((1, g.cout, 1, 1))? }
+        };
+        Ok(Conv { geom, causal_pad, kernel })
+    }
+
+    #[cfg(test)]
+    pub fn from_weights(
+        geom: ConvGeometry,
+        causal_pad: usize,
+        w: Tensor,
+        b: Tensor,
+        imp: ConvImpl,
+    ) -> Result<Self> {
+        Self::build(geom, causal_pad, w, b, imp)
+    }
+
+    /// Frames of context this convolution wants before its input (what a chunk must carry over).
+    pub fn causal_pad(&self) -> usize {
+        self.causal_pad
+    }
+
+    /// Convolves `x [B, cin, T, H, W]` preceded in time by `past [B, cin, P, H, W]` (the last frames of
+    /// the previous chunk, `P <= causal_pad`) and then by `causal_pad - P` frames of zeros.
+    pub fn forward(&self, past: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
+        let g = &self.geom;
+        let (b, c, t, h, w) = x.dims5()?;
+        if c != g.cin {
+            candle_core::bail!("conv: input has {c} channels, the weights expect {}", g.cin)
+        }
+        let past = if self.causal_pad == 0 { None } else { past };
+        let p = past.map(|p| p.dim(2)).transpose()?.unwrap_or(0);
+        if p > self.causal_pad {
+            candle_core::bail!("conv: {p} frames of context, at most {} expected", self.causal_pad)
+        }
+        let zeros = self.causal_pad - p;
+        let tout = g.out_frames(zeros + p + t);
+        if tout == 0 {
+            candle_core::bail!("conv: {} input frames for a temporal kernel of {}", zeros + p + t, g.kt)
+        }
+        match &self.kernel {
+            Kernel::Pointwise { w: wm, b: bias } => {
+                // [B, cin, T, H, W] -> [B, cin, T*H*W]; [cout, cin] x that -> [B, cout, T*H*W]
+                let y = wm.broadcast_matmul(&x.reshape((b, c, t * h * w))?)?.broadcast_add(bias)?;
+                y.reshape((b, g.cout, t, h, w))
+            }
+            Kernel::Cpu(taps) => self.forward_cpu(taps, zeros, past, x),
+            Kernel::Folded { w: wf, b: bias } => {
+                let mut parts = Vec::with_capacity(3);
+                if zeros > 0 {
+                    parts.push(Tensor::zeros((b, c, zeros, h, w), x.dtype(), x.device())?);
+                }
+                if let Some(p) = past {
+                    parts.push(p.clone());
+                }
+                parts.push(x.clone());
+                let seq = Tensor::cat(&parts, 2)?;
+                let mut frames = Vec::with_capacity(tout);
+                for to in 0..tout {
+                    // kt frames [B, cin, 1, H, W] -> [B, kt*cin, H, W] (tap-major, as the folded kernel)
+                    let taps = (0..g.kt)
+                        .map(|i| seq.narrow(2, to * g.stride_t + i, 1)?.squeeze(2))
+                        .collect::<Result<Vec<_>>>()?;
+                    let inp = Tensor::cat(&taps, 1)?
+                        .pad_with_zeros(2, g.pad[0], g.pad[1])?
+                        .pad_with_zeros(3, g.pad[2], g.pad[3])?;
+                    let y = inp.conv2d(wf, 0, g.stride_s, 1, 1)?.broadcast_add(bias)?;
+                    frames.push(y.unsqueeze(2)?);
+                }
+                Tensor::cat(&frames, 2)
+            }
+        }
+    }
+
+    fn forward_cpu(&self, taps: &TapWeights, zeros: usize, past: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
+        let g = &self.geom;
+        let (b, c, t, h, w) = x.dims5()?;
+        let x = x.contiguous()?;
+        let past = past.map(|p| p.contiguous()).transpose()?;
+        let p = past.as_ref().map(|p| p.dim(2)).transpose()?.unwrap_or(0);
+        let (hout, wout) = g.out_hw(h, w);
+        let tout = g.out_frames(zeros + p + t);
+        let per_item = g.cout * tout * hout * wout;
+        let mut out = vec![0f32; b * per_item];
+
+        let x_guard = x.storage_and_layout();
+        let x_data = cpu_f32(&x_guard.0, x_guard.1)?;
+        let past_guard = past.as_ref().map(|p| p.storage_and_layout());
+        let past_data = past_guard.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
+        let threads = candle_core::utils::get_num_threads();
+        for bi in 0..b {
+            let mut frames: Vec<Option<Frame<'_>>> = vec![None; zeros];
+            if let Some(pd) = past_data {
+                let item = &pd[bi * c * p * h * w..(bi + 1) * c * p * h * w];
+                frames.extend((0..p).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: p * h * w })));
+            }
+            let item = &x_data[bi * c * t * h * w..(bi + 1) * c * t * h * w];
+            frames.extend((0..t).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: t * h * w })));
+            let out_item = &mut out[bi * per_item..(bi + 1) * per_item];
+            cpu_conv::conv3d(g, taps, &frames, (h, w), out_item, threads, cpu_conv::DEFAULT_TILE_PIXELS);
+        }
+        Tensor::from_vec(out, (b, g.cout, tout, hout, wout), &Device::Cpu)
+    }
+}
+
+/// The f32 elements of a contiguous CPU tensor.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &candle_core::Layout) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(s) => {
+            let all = s.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            Ok(&all[start..start + layout.shape().elem_count()])
+        }
+        _ => candle_core::bail!("the CPU convolution kernel got a tensor that is not on the CPU"),
+    }
+}
