@@ -29,3 +29,18 @@ fn check(component: Component) {
 fn transformer_matches_reference() {
     check(Component::Transformer);
 }
+
+#[test]
+fn vae_decode_matches_reference() {
+    check(Component::VaeDecode);
+}
+
+#[test]
+fn vae_encode_matches_reference() {
+    check(Component::VaeEncode);
+}
+
+#[test]
+fn text_encoder_matches_reference() {
+    check(Component::TextEncoder);
+}

@@ -40,7 +40,8 @@ fn text_encoder_matches_reference() {
     assert!(!cases.is_empty(), "no text-encoder cases in the manifest");
     for case in cases {
         let dir = ComponentDir::open(common::fixtures_dir().join(&case.model_dir)).expect("text encoder folder");
-        let encoder = UMT5Encoder::load(&dir, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let encoder =
+            UMT5Encoder::load(&dir, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let inputs = common::load(&case.inputs);
         let expected = common::load(&case.expected);
         let got = encoder
@@ -114,6 +115,26 @@ fn text_inputs_path() -> String {
     manifest["text"]["inputs"].as_str().expect("manifest text.inputs").to_string()
 }
 
+#[test]
+fn half_precision_stays_close_to_the_f32_reference() {
+    // transformers itself, run in bf16 on these inputs, is 1.2e-2 away from its f32 output.
+    let manifest = common::manifest();
+    let case = manifest.cases.iter().find(|c| c.component == "text-encoder").expect("a text-encoder case");
+    let dir = ComponentDir::open(common::fixtures_dir().join(&case.model_dir)).expect("text encoder folder");
+    let inputs = common::load(&case.inputs);
+    let expected = common::load(&case.expected);
+    for (dtype, tolerance) in [(DType::BF16, 3e-2), (DType::F16, 5e-3)] {
+        let encoder = UMT5Encoder::load(&dir, dtype, &Device::Cpu).expect("load");
+        let got = encoder
+            .forward(input(&inputs, "input_ids", &case.name), input(&inputs, "attention_mask", &case.name))
+            .expect("forward");
+        assert_eq!(got.dtype(), dtype);
+        let err = common::rel_err(&got, &expected["last_hidden_state"]);
+        println!("{} in {dtype:?}: relative error {err:.3e}", case.name);
+        assert!(err <= tolerance, "{dtype:?}: relative error {err:.3e} > {tolerance:e}");
+    }
+}
+
 /// Copies the fixture's text encoder into a scratch folder with one tensor left out of the weights.
 fn text_encoder_without(tensor: &str, scratch: &Path) -> ComponentDir {
     let source = common::fixtures_dir().join("pipeline/text_encoder");
@@ -139,6 +160,7 @@ fn missing_layer_relative_bias_is_an_error_naming_the_tensor() {
     let dir = text_encoder_without(tensor, &scratch);
     let err = UMT5Encoder::load(&dir, DType::F32, &Device::Cpu).expect_err("loading must fail");
     let _ = std::fs::remove_dir_all(&scratch);
+    println!("{err}");
     assert!(err.to_string().contains(tensor), "error does not name {tensor}: {err}");
 }
 
@@ -150,6 +172,7 @@ fn missing_tokenizer_json_is_an_error_naming_the_file() {
     std::fs::copy(source, scratch.join("tokenizer_config.json")).expect("copy tokenizer_config.json");
     let err = PromptTokenizer::load(&scratch).expect_err("loading must fail");
     let _ = std::fs::remove_dir_all(&scratch);
+    println!("{err}");
     assert!(err.to_string().contains("tokenizer.json"), "error does not name tokenizer.json: {err}");
     assert!(!err.to_string().contains("tokenizer_config.json: "), "names the wrong file: {err}");
 }
@@ -161,5 +184,6 @@ fn corrupt_tokenizer_json_is_an_error_naming_the_file() {
     std::fs::write(scratch.join("tokenizer.json"), b"{\"model\": 7}").expect("write");
     let err = PromptTokenizer::load(&scratch).expect_err("loading must fail");
     let _ = std::fs::remove_dir_all(&scratch);
+    println!("{err}");
     assert!(err.to_string().contains(&scratch.join("tokenizer.json").display().to_string()), "{err}");
 }

@@ -9,6 +9,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use super::cpu::attention::FusedCpuAttention;
+
 /// How large the score blocks may get. The defaults keep a block near 64 MiB of f32 for 12 heads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionTiling {
@@ -35,20 +37,33 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiling: Attenti
     let q = q.reshape((b * h, nq, d))?;
     let k = k.reshape((b * h, nk, d))?;
     let v = v.reshape((b * h, nk, d))?;
+    if q.device().is_cpu() && dtype.is_float() {
+        // The fused kernel computes in f32; reduced-precision inputs are widened (the reference computes
+        // scores and softmax in f32 too).
+        let f32 = |t: Tensor| t.to_dtype(DType::F32)?.contiguous();
+        let op = FusedCpuAttention { scale: scale as f32, tiling };
+        let out = f32(q)?.apply_op3_no_bwd(&f32(k)?, &f32(v)?, &op)?;
+        return out.to_dtype(dtype)?.reshape((b, h, nq, d));
+    }
+    tiled(&q, &k, &v, scale, tiling)?.to_dtype(dtype)?.reshape((b, h, nq, d))
+}
+
+/// The same algorithm from candle's tensor ops, for devices without the fused kernel.
+/// `q` `[bh, nq, d]`, `k`/`v` `[bh, nk, d]`; returns f32 or the input dtype.
+fn tiled(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiling: AttentionTiling) -> Result<Tensor> {
+    let nq = q.dim(1)?;
+    let nk = k.dim(1)?;
     let q_tile = tiling.q_tile.max(1);
     let k_tile = tiling.k_tile.max(1);
     let mut outputs = Vec::with_capacity(nq.div_ceil(q_tile));
     for q_start in (0..nq).step_by(q_tile) {
         let q_len = q_tile.min(nq - q_start);
         let q_blk = q.narrow(1, q_start, q_len)?;
-        let out = if nk <= k_tile {
-            single_tile(&q_blk, &k, &v, scale)?
-        } else {
-            online_tiles(&q_blk, &k, &v, scale, k_tile)?
-        };
-        outputs.push(out.to_dtype(dtype)?);
+        let out =
+            if nk <= k_tile { single_tile(&q_blk, k, v, scale)? } else { online_tiles(&q_blk, k, v, scale, k_tile)? };
+        outputs.push(out.to_dtype(q.dtype())?);
     }
-    Tensor::cat(&outputs, 1)?.reshape((b, h, nq, d))
+    Tensor::cat(&outputs, 1)
 }
 
 /// Scores of a query tile against a key tile, scaled, in f32: `[bh, q, k]`.
@@ -129,6 +144,19 @@ mod tests {
             assert_eq!(got.dims(), &[2, 3, 37, 16]);
             let err = rel_err(&got, &expected);
             assert!(err < 1e-5, "tiles {q_tile}x{k_tile}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn op_based_path_matches_naive() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (6, 37, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (6, 53, 16), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (6, 53, 16), &dev).unwrap();
+        let expected = naive(&q, &k, &v, 0.3);
+        for (q_tile, k_tile) in [(5, 7), (37, 53), (8, 100)] {
+            let got = tiled(&q, &k, &v, 0.3, AttentionTiling { q_tile, k_tile }).unwrap();
+            assert!(rel_err(&got, &expected) < 1e-5);
         }
     }
 

@@ -28,7 +28,13 @@ pub enum ModelError {
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(err: candle_core::Error) -> Self {
+        ModelError::Candle(super::load::without_backtrace(err))
+    }
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

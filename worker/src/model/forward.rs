@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use super::dit::WanTransformer;
 use super::error::{ModelError, Result};
 use super::load::ComponentDir;
+use super::t5::UMT5Encoder;
+use super::vae::WanVae;
 
 /// The components that can be run alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +84,19 @@ pub fn run_component(
             )?;
             ("sample", out)
         }
-        Component::VaeDecode | Component::VaeEncode | Component::TextEncoder => {
-            return Err(ModelError::input("component", format!("{} is not wired yet", component.name())))
+        Component::VaeDecode => {
+            let vae = WanVae::load(&dir, dtype, device)?;
+            ("sample", vae.decode(&input("latents")?.to_device(device)?)?)
+        }
+        Component::VaeEncode => {
+            let vae = WanVae::load(&dir, dtype, device)?;
+            ("mean", vae.encode(&input("sample")?.to_device(device)?)?)
+        }
+        Component::TextEncoder => {
+            let encoder = UMT5Encoder::load(&dir, dtype, device)?;
+            let out = encoder
+                .forward(&input("input_ids")?.to_device(device)?, &input("attention_mask")?.to_device(device)?)?;
+            ("last_hidden_state", out)
         }
     };
     Ok(HashMap::from([(name.to_string(), output.to_dtype(DType::F32)?)]))

@@ -44,7 +44,8 @@ impl ComponentDir {
     /// The safetensors files holding this component's weights: the shards listed by a
     /// `*.safetensors.index.json` if there is one, else the single `*.safetensors` file.
     pub fn weight_files(&self) -> Result<Vec<PathBuf>> {
-        let entries = std::fs::read_dir(&self.path).map_err(|source| ModelError::Io { path: self.path.clone(), source })?;
+        let entries =
+            std::fs::read_dir(&self.path).map_err(|source| ModelError::Io { path: self.path.clone(), source })?;
         let mut indexes = Vec::new();
         let mut singles = Vec::new();
         for entry in entries {
@@ -69,7 +70,10 @@ impl ComponentDir {
             1 => Ok(singles),
             _ => Err(ModelError::InvalidFile {
                 path: self.path.clone(),
-                msg: format!("{} safetensors files but no *.safetensors.index.json saying how they fit together", singles.len()),
+                msg: format!(
+                    "{} safetensors files but no *.safetensors.index.json saying how they fit together",
+                    singles.len()
+                ),
             }),
         }
     }
@@ -105,14 +109,14 @@ impl ComponentDir {
         }
         // SAFETY: the files are memory-mapped read-only; patchwork never writes model files while serving.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(|e| ModelError::InvalidFile { path: self.path.clone(), msg: e.to_string() })?;
+            .map_err(|e| ModelError::InvalidFile { path: self.path.clone(), msg: without_backtrace(e).to_string() })?;
         Ok(vb)
     }
 
     /// Wraps an error raised while building the model from this folder's weights (a missing tensor,
     /// a wrong shape) so that it names the folder as well as the tensor.
     pub fn weights_error(&self, err: candle_core::Error) -> ModelError {
-        ModelError::InvalidFile { path: self.path.clone(), msg: format!("weights: {err}") }
+        ModelError::InvalidFile { path: self.path.clone(), msg: format!("weights: {}", without_backtrace(err)) }
     }
 }
 
@@ -128,7 +132,10 @@ impl PipelineDir {
         let path = path.as_ref().to_path_buf();
         let index_path = path.join("model_index.json");
         if !index_path.is_file() {
-            return Err(ModelError::MissingFile { path: index_path, what: "a diffusers pipeline's model_index.json".into() });
+            return Err(ModelError::MissingFile {
+                path: index_path,
+                what: "a diffusers pipeline's model_index.json".into(),
+            });
         }
         let index = read_json(&index_path)?;
         Ok(PipelineDir { path, index })
@@ -164,9 +171,20 @@ impl PipelineDir {
     }
 }
 
+/// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set, and prints it as part of the
+/// message; a user-facing message about a bad file wants only the words.
+pub(crate) fn without_backtrace(err: candle_core::Error) -> candle_core::Error {
+    match err {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
+}
+
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::MissingFile { path: path.to_path_buf(), what: "a JSON file".into() },
+        std::io::ErrorKind::NotFound => {
+            ModelError::MissingFile { path: path.to_path_buf(), what: "a JSON file".into() }
+        }
         _ => ModelError::Io { path: path.to_path_buf(), source },
     })?;
     serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.to_path_buf(), source })
@@ -180,15 +198,16 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
     let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let len = file.metadata().map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?.len();
     let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix).map_err(|_| bad("not a safetensors file (shorter than its 8-byte header length)".into()))?;
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad("not a safetensors file (shorter than its 8-byte header length)".into()))?;
     let header_len = u64::from_le_bytes(prefix);
     if header_len.saturating_add(8) > len {
         return Err(bad(format!("not a safetensors file (header of {header_len} bytes in a file of {len})")));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| bad(format!("reading header: {e}")))?;
-    let parsed: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors file (header is not JSON: {e})")))?;
+    let parsed: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors file (header is not JSON: {e})")))?;
     let max_end = parsed
         .as_object()
         .into_iter()

@@ -5,10 +5,12 @@
 //! diffusers checkpoint keys.
 
 pub mod attention;
+pub mod cpu;
 pub mod dit;
 pub mod error;
 pub mod forward;
 pub mod load;
+pub mod random;
 pub mod t5;
 pub mod tokenizer;
 pub mod vae;

@@ -74,8 +74,8 @@ impl PromptTokenizer {
         if !path.is_file() {
             return Err(ModelError::MissingFile { path, what: "the tokenizer's tokenizer.json".into() });
         }
-        let mut tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        let mut tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
         let pad_token = match configured_pad_token(dir.as_ref())? {
             Some(token) => token,
             None => tokenizer.get_padding().map_or_else(|| "<pad>".to_string(), |p| p.pad_token.clone()),

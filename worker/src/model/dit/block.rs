@@ -8,6 +8,7 @@ use super::config::WanTransformerConfig;
 use super::layers::{F32LayerNorm, Linear, RmsNorm};
 use super::rope::{apply_rope, RopeTables};
 use crate::model::attention::{attention, AttentionTiling};
+use crate::model::cpu::fast_math::gelu_tanh;
 
 /// Tokens per chunk of the feed-forward: its hidden layer is several times the model width, so it is
 /// evaluated a slice of tokens at a time to keep memory flat in the sequence length.
@@ -56,7 +57,8 @@ impl WanAttention {
         let k = self.norm_k.forward(&self.to_k.forward(context)?)?;
         let v = self.to_v.forward(context)?;
         // [B, N, heads·head_dim] → [B, heads, N, head_dim]
-        let split = |t: Tensor, len: usize| t.reshape((b, len, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let split =
+            |t: Tensor, len: usize| t.reshape((b, len, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
         let (mut q, mut k, v) = (split(q, n)?, split(k, l)?, split(v, l)?);
         if let Some(tables) = rope {
             q = apply_rope(&q, tables)?;
@@ -88,13 +90,13 @@ impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(1)?;
         if n <= FFN_TOKEN_CHUNK {
-            return self.down.forward(&self.up.forward(x)?.gelu()?);
+            return self.down.forward(&gelu_tanh(&self.up.forward(x)?)?);
         }
         let mut parts = Vec::with_capacity(n.div_ceil(FFN_TOKEN_CHUNK));
         for start in (0..n).step_by(FFN_TOKEN_CHUNK) {
             let len = FFN_TOKEN_CHUNK.min(n - start);
             let slice = x.narrow(1, start, len)?;
-            parts.push(self.down.forward(&self.up.forward(&slice)?.gelu()?)?);
+            parts.push(self.down.forward(&gelu_tanh(&self.up.forward(&slice)?)?)?);
         }
         Tensor::cat(&parts, 1)
     }

@@ -127,13 +127,13 @@ impl WanTransformerConfig {
         if self.out_channels == Some(0) {
             return Err(ModelError::config("out_channels", "must be positive"));
         }
-        if self.attention_head_dim % 2 != 0 || self.attention_head_dim < 6 {
+        if !self.attention_head_dim.is_multiple_of(2) || self.attention_head_dim < 6 {
             return Err(ModelError::config(
                 "attention_head_dim",
                 format!("{} cannot be split into even rotary parts for t, h and w", self.attention_head_dim),
             ));
         }
-        if self.freq_dim % 2 != 0 {
+        if !self.freq_dim.is_multiple_of(2) {
             return Err(ModelError::config("freq_dim", format!("{} must be even", self.freq_dim)));
         }
         match self.qk_norm.as_deref() {

@@ -127,19 +127,26 @@ impl WanTransformer {
         let [pt, ph, pw] = self.cfg.patch_size;
         let c = self.cfg.out_channels();
         // [B, gf, gh, gw, pt, ph, pw, C] → [B, C, gf, pt, gh, ph, gw, pw]
-        x.reshape(vec![b, gf, gh, gw, pt, ph, pw, c])?
-            .permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?
-            .reshape((b, c, gf * pt, gh * ph, gw * pw))
+        x.reshape(vec![b, gf, gh, gw, pt, ph, pw, c])?.permute(vec![0, 7, 1, 4, 2, 5, 3, 6])?.reshape((
+            b,
+            c,
+            gf * pt,
+            gh * ph,
+            gw * pw,
+        ))
     }
 
     /// Validates the inputs' shapes against the config; returns the patch grid (frames, rows, columns).
     fn check_inputs(&self, hidden: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<[usize; 3]> {
         let cfg = &self.cfg;
-        let (b, c, f, h, w) = hidden
-            .dims5()
-            .map_err(|_| ModelError::input("hidden_states", format!("expected [B, C, F, H, W], got {:?}", hidden.dims())))?;
+        let (b, c, f, h, w) = hidden.dims5().map_err(|_| {
+            ModelError::input("hidden_states", format!("expected [B, C, F, H, W], got {:?}", hidden.dims()))
+        })?;
         if c != cfg.in_channels {
-            return Err(ModelError::input("hidden_states", format!("{c} channels, the model takes {}", cfg.in_channels)));
+            return Err(ModelError::input(
+                "hidden_states",
+                format!("{c} channels, the model takes {}", cfg.in_channels),
+            ));
         }
         let [pt, ph, pw] = cfg.patch_size;
         if f % pt != 0 || h % ph != 0 || w % pw != 0 || f == 0 || h == 0 || w == 0 {

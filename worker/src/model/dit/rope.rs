@@ -17,10 +17,8 @@ pub fn rope_tables(split: [usize; 3], grid: [usize; 3], theta: f64, device: &Dev
     let half: usize = split.iter().map(|d| d / 2).sum();
     let [frames, rows, cols] = grid;
     // Frequencies of each axis part: theta^(-2i/d) for i < d/2.
-    let freqs: Vec<Vec<f64>> = split
-        .iter()
-        .map(|&d| (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64)).collect())
-        .collect();
+    let freqs: Vec<Vec<f64>> =
+        split.iter().map(|&d| (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / d as f64)).collect()).collect();
     let tokens = frames * rows * cols;
     let mut cos = Vec::with_capacity(tokens * half);
     let mut sin = Vec::with_capacity(tokens * half);

@@ -55,7 +55,7 @@ pub enum Activation {
 
 /// What `feed_forward_proj` asks for: whether the FFN is gated (`wi_0`, `wi_1`) or plain (`wi`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedForward {
+pub struct FeedForwardKind {
     pub gated: bool,
     pub activation: Activation,
 }
@@ -84,7 +84,7 @@ impl UMT5Config {
 
     /// Parses `feed_forward_proj` the way transformers does: `gated-<act>` or `<act>`, and the special
     /// case that `gated-gelu` means the tanh approximation while a plain `gelu` is the exact one.
-    pub fn feed_forward(&self) -> Result<FeedForward> {
+    pub fn feed_forward(&self) -> Result<FeedForwardKind> {
         let bad = || {
             ModelError::config(
                 "feed_forward_proj",
@@ -110,7 +110,7 @@ impl UMT5Config {
                 ))
             }
         };
-        Ok(FeedForward { gated, activation })
+        Ok(FeedForwardKind { gated, activation })
     }
 
     /// Checks what the model code relies on; every error names the offending field.
@@ -140,10 +140,7 @@ impl UMT5Config {
         if self.relative_attention_max_distance <= max_exact {
             return Err(ModelError::config(
                 "relative_attention_max_distance",
-                format!(
-                    "must exceed the {max_exact} exact buckets, got {}",
-                    self.relative_attention_max_distance
-                ),
+                format!("must exceed the {max_exact} exact buckets, got {}", self.relative_attention_max_distance),
             ));
         }
         if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
@@ -163,7 +160,7 @@ mod tests {
         let cfg = UMT5Config::umt5_xxl();
         cfg.validate().expect("preset is valid");
         assert_eq!(cfg.inner_dim(), 4096);
-        assert_eq!(cfg.feed_forward().ok(), Some(FeedForward { gated: true, activation: Activation::GeluTanh }));
+        assert_eq!(cfg.feed_forward().ok(), Some(FeedForwardKind { gated: true, activation: Activation::GeluTanh }));
     }
 
     #[test]
@@ -186,7 +183,7 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("relative_attention_max_distance"));
         assert_eq!(
             UMT5Config { feed_forward_proj: "gelu".into(), ..UMT5Config::default() }.feed_forward().ok(),
-            Some(FeedForward { gated: false, activation: Activation::GeluErf })
+            Some(FeedForwardKind { gated: false, activation: Activation::GeluErf })
         );
     }
 }

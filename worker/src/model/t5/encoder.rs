@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::attention::SelfAttention;
-use super::config::{FeedForward as FeedForwardKind, UMT5Config};
+use super::config::{FeedForwardKind, UMT5Config};
 use super::layers::{relative_position_buckets, FeedForward, T5LayerNorm};
 use crate::model::error::{ModelError, Result};
 use crate::model::load::ComponentDir;
@@ -75,7 +75,8 @@ impl UMT5Encoder {
     /// `encoder.embed_tokens.weight` to it; checkpoints written by other tools may hold only the latter.
     pub fn new(cfg: &UMT5Config, vb: VarBuilder) -> candle_core::Result<Self> {
         let kind = cfg.feed_forward().map_err(candle_core::Error::wrap)?;
-        let embed_vb = if vb.contains_tensor("shared.weight") { vb.pp("shared") } else { vb.pp("encoder.embed_tokens") };
+        let embed_vb =
+            if vb.contains_tensor("shared.weight") { vb.pp("shared") } else { vb.pp("encoder.embed_tokens") };
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.d_model, embed_vb)?;
         let encoder = vb.pp("encoder");
         let blocks = (0..cfg.num_layers)
@@ -148,5 +149,92 @@ impl UMT5Encoder {
         let mask = attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bias: Vec<f32> = mask.iter().map(|&m| if m != 0.0 { 0.0 } else { MASKED }).collect();
         Ok(Tensor::from_vec(bias, (b, 1, 1, l), &self.device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Seeded stand-in weights for every tensor a 1-layer encoder reads, under `embed` for the embedding.
+    fn weights(cfg: &UMT5Config, embed: &str, gated: bool) -> candle_core::Result<HashMap<String, Tensor>> {
+        let dev = Device::Cpu;
+        let (d, inner, ff) = (cfg.d_model, cfg.inner_dim(), cfg.d_ff);
+        let block = "encoder.block.0.layer";
+        let mut shapes = vec![
+            (embed.to_string(), vec![cfg.vocab_size, d]),
+            (format!("{block}.0.layer_norm.weight"), vec![d]),
+            (format!("{block}.1.layer_norm.weight"), vec![d]),
+            (
+                format!("{block}.0.SelfAttention.relative_attention_bias.weight"),
+                vec![cfg.relative_attention_num_buckets, cfg.num_heads],
+            ),
+            (format!("{block}.1.DenseReluDense.wo.weight"), vec![d, ff]),
+            ("encoder.final_layer_norm.weight".to_string(), vec![d]),
+        ];
+        for name in ["q", "k", "v"] {
+            shapes.push((format!("{block}.0.SelfAttention.{name}.weight"), vec![inner, d]));
+        }
+        shapes.push((format!("{block}.0.SelfAttention.o.weight"), vec![d, inner]));
+        let wi: &[&str] = if gated { &["wi_0", "wi_1"] } else { &["wi"] };
+        for name in wi {
+            shapes.push((format!("{block}.1.DenseReluDense.{name}.weight"), vec![ff, d]));
+        }
+        shapes.into_iter().map(|(name, shape)| Ok((name, Tensor::randn(0f32, 0.5, shape, &dev)?))).collect()
+    }
+
+    #[test]
+    fn embedding_falls_back_to_encoder_embed_tokens_and_plain_ffn_loads() -> candle_core::Result<()> {
+        let cfg = UMT5Config {
+            vocab_size: 10,
+            d_model: 8,
+            d_kv: 2,
+            d_ff: 12,
+            num_layers: 1,
+            num_heads: 3,
+            feed_forward_proj: "relu".into(),
+            ..UMT5Config::default()
+        };
+        let tensors = weights(&cfg, "encoder.embed_tokens.weight", false)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let encoder = UMT5Encoder::new(&cfg, vb)?;
+        let ids = Tensor::new(&[[1u32, 2, 3, 0]], &Device::Cpu)?;
+        let mask = Tensor::new(&[[1u32, 1, 1, 0]], &Device::Cpu)?;
+        let out = encoder.forward(&ids, &mask).map_err(candle_core::Error::wrap)?;
+        assert_eq!(out.dims(), [1, 4, 8]);
+        // A gated config over the same (ungated) weights names the missing gate tensor.
+        let gated = UMT5Config { feed_forward_proj: "gated-gelu".into(), ..cfg.clone() };
+        let vb = VarBuilder::from_tensors(weights(&cfg, "shared.weight", false)?, DType::F32, &Device::Cpu);
+        let err = UMT5Encoder::new(&gated, vb).expect_err("no wi_0");
+        assert!(err.to_string().contains("encoder.block.0.layer.1.DenseReluDense.wi_0.weight"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn padding_does_not_change_the_real_tokens() -> candle_core::Result<()> {
+        let cfg = UMT5Config {
+            vocab_size: 10,
+            d_model: 8,
+            d_kv: 2,
+            d_ff: 12,
+            num_layers: 1,
+            num_heads: 3,
+            ..UMT5Config::default()
+        };
+        let vb = VarBuilder::from_tensors(weights(&cfg, "shared.weight", true)?, DType::F32, &Device::Cpu);
+        let encoder = UMT5Encoder::new(&cfg, vb)?;
+        let run = |ids: &[u32], mask: &[u32]| -> candle_core::Result<Vec<Vec<f32>>> {
+            let ids = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+            let mask = Tensor::new(mask, &Device::Cpu)?.unsqueeze(0)?;
+            encoder.forward(&ids, &mask).map_err(candle_core::Error::wrap)?.squeeze(0)?.to_vec2()
+        };
+        let short = run(&[4, 5, 1], &[1, 1, 1])?;
+        let padded = run(&[4, 5, 1, 0, 0], &[1, 1, 1, 0, 0])?;
+        for (a, b) in short.iter().flatten().zip(padded[..3].iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
-use super::config::{Activation, FeedForward as FeedForwardKind, UMT5Config};
+use super::config::{Activation, FeedForwardKind, UMT5Config};
 
 /// T5's layer norm: `x / sqrt(mean(x²) + eps) * weight`, with no mean subtraction and no bias. The mean
 /// square is taken in f32 whatever the model's dtype, because bf16 cannot accumulate 4096 squares

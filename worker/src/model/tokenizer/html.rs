@@ -19,10 +19,8 @@ fn entities() -> &'static HashMap<&'static str, String> {
             .lines()
             .filter_map(|line| {
                 let (name, points) = line.split_once('\t')?;
-                let value: Option<String> = points
-                    .split(' ')
-                    .map(|hex| u32::from_str_radix(hex, 16).ok().and_then(char::from_u32))
-                    .collect();
+                let value: Option<String> =
+                    points.split(' ').map(|hex| u32::from_str_radix(hex, 16).ok().and_then(char::from_u32)).collect();
                 Some((name, value?))
             })
             .collect()

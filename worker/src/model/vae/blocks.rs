@@ -74,8 +74,8 @@ impl AttentionBlock {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t, h, w) = x.dims5()?;
         let qkv = self.to_qkv.forward(None, &self.norm.forward(x)?)?; // [B, 3C, T, H, W]
-        // Channels [0, C) are queries, [C, 2C) keys, [2C, 3C) values (the reference's `chunk(3)`).
-        // [B, C, T, H, W] -> [B, T, H*W, C] -> [B*T, 1, H*W, C]: one single-head sequence per frame.
+                                                                      // Channels [0, C) are queries, [C, 2C) keys, [2C, 3C) values (the reference's `chunk(3)`).
+                                                                      // [B, C, T, H, W] -> [B, T, H*W, C] -> [B*T, 1, H*W, C]: one single-head sequence per frame.
         let per_frame = |i: usize| -> Result<Tensor> {
             qkv.narrow(1, i * c, c)?.reshape((b, c, t, h * w))?.permute((0, 2, 3, 1))?.reshape((b * t, 1, h * w, c))
         };

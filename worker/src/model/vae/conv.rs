@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::cpu_conv::{self, ConvGeometry, Frame, TapWeights};
+use super::cpu_conv::{self, ConvGeometry, Fold, Frame, TapWeights};
 
 /// A convolution whose time axis is causal: `causal_pad` frames before the input (zeros, or frames
 /// carried over from the previous chunk) and none after.
@@ -21,15 +21,24 @@ pub(crate) struct Conv {
     geom: ConvGeometry,
     causal_pad: usize,
     kernel: Kernel,
+    /// CPU kernel settings (fixed outside benchmarks).
+    fold: Fold,
+    tile_pixels: usize,
 }
 
 #[derive(Debug, Clone)]
 enum Kernel {
     /// `w [cout, cin]`, `b [cout, 1]`.
-    Pointwise { w: Tensor, b: Tensor },
+    Pointwise {
+        w: Tensor,
+        b: Tensor,
+    },
     Cpu(TapWeights),
     /// `w [cout, kt*cin, kh, kw]` (taps folded into input channels, tap-major), `b [1, cout, 1, 1]`.
-    Folded { w: Tensor, b: Tensor },
+    Folded {
+        w: Tensor,
+        b: Tensor,
+    },
 }
 
 /// Which implementation to prefer; tests use `Generic` to cross-check the CPU kernel.
@@ -58,7 +67,13 @@ impl Conv {
 
     /// `nn.Conv2d(cin, cout, k, stride)` applied to every frame, after zero padding `[top, bottom, left,
     /// right]` (the reference's downsampling pads only bottom and right).
-    pub fn per_frame2d(vb: &VarBuilder, (cin, cout): (usize, usize), k: usize, stride: usize, pad: [usize; 4]) -> Result<Self> {
+    pub fn per_frame2d(
+        vb: &VarBuilder,
+        (cin, cout): (usize, usize),
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> Result<Self> {
         let geom = ConvGeometry { cin, cout, kt: 1, kh: k, kw: k, stride_t: 1, stride_s: stride, pad };
         let w = vb.get((cout, cin, k, k), "weight")?.reshape((cout, cin, 1, k, k))?;
         let b = vb.get(cout, "bias")?;
@@ -79,18 +94,20 @@ impl Conv {
             let w = w.permute((0, 2, 1, 3, 4))?.reshape((g.cout, g.kt * g.cin, g.kh, g.kw))?.contiguous()?;
             Kernel::Folded { w, b: b.reshape((1, g.cout, 1, 1))? }
         };
-        Ok(Conv { geom, causal_pad, kernel })
+        Ok(Conv { geom, causal_pad, kernel, fold: cpu_conv::DEFAULT_FOLD, tile_pixels: cpu_conv::DEFAULT_TILE_PIXELS })
     }
 
     #[cfg(test)]
-    pub fn from_weights(
-        geom: ConvGeometry,
-        causal_pad: usize,
-        w: Tensor,
-        b: Tensor,
-        imp: ConvImpl,
-    ) -> Result<Self> {
+    pub fn from_weights(geom: ConvGeometry, causal_pad: usize, w: Tensor, b: Tensor, imp: ConvImpl) -> Result<Self> {
         Self::build(geom, causal_pad, w, b, imp)
+    }
+
+    /// Overrides the CPU kernel's tap folding and band size (for benchmarks and tests).
+    #[cfg(test)]
+    pub fn with_cpu_kernel(mut self, fold: Fold, tile_pixels: usize) -> Self {
+        self.fold = fold;
+        self.tile_pixels = tile_pixels;
+        self
     }
 
     /// Frames of context this convolution wants before its input (what a chunk must carry over).
@@ -175,7 +192,7 @@ impl Conv {
             let item = &x_data[bi * c * t * h * w..(bi + 1) * c * t * h * w];
             frames.extend((0..t).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: t * h * w })));
             let out_item = &mut out[bi * per_item..(bi + 1) * per_item];
-            cpu_conv::conv3d(g, taps, &frames, (h, w), out_item, threads, cpu_conv::DEFAULT_TILE_PIXELS);
+            cpu_conv::conv3d(g, taps, &frames, (h, w), out_item, threads, self.tile_pixels, self.fold);
         }
         Tensor::from_vec(out, (b, g.cout, tout, hout, wout), &Device::Cpu)
     }

@@ -55,7 +55,9 @@ impl Decoder {
             let in_dim = if level > 0 { dims[level] / 2 } else { dims[level] };
             let out_dim = dims[level + 1];
             let resnets = (0..=cfg.num_res_blocks)
-                .map(|i| ResidualBlock::new(&vb.pp(format!("resnets.{i}")), if i == 0 { in_dim } else { out_dim }, out_dim))
+                .map(|i| {
+                    ResidualBlock::new(&vb.pp(format!("resnets.{i}")), if i == 0 { in_dim } else { out_dim }, out_dim)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let upsampler = if level + 1 != levels {
                 // Time is upsampled in the reverse order it was downsampled.

@@ -48,8 +48,11 @@ impl Encoder {
                 in_dim = out_dim;
             }
             if level + 1 != levels {
-                let mode =
-                    if cfg.temperal_downsample[level] { ResampleMode::Downsample3d } else { ResampleMode::Downsample2d };
+                let mode = if cfg.temperal_downsample[level] {
+                    ResampleMode::Downsample3d
+                } else {
+                    ResampleMode::Downsample2d
+                };
                 let resample = Resample::new(&vb.pp(format!("down_blocks.{}", down.len())), out_dim, mode)?;
                 down.push(DownLayer::Resample(resample));
                 scale /= 2.0;

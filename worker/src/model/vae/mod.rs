@@ -18,6 +18,8 @@ mod decoder;
 mod encoder;
 mod norm;
 mod par;
+#[cfg(test)]
+mod perf_tests;
 mod resample;
 mod stream;
 pub mod synthetic;

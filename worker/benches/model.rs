@@ -1,0 +1,124 @@
+//! Model benchmarks: one JSON line per run on stdout, for `tools/bench/model.sh` to tabulate.
+//!
+//! Each case runs in its own process so that its peak memory (VmHWM) is its own. Threads: set
+//! `RAYON_NUM_THREADS`; the line reports what candle used.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, Subcommand};
+use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
+use patchwork_worker::model::random::RandomWeights;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    case: Case,
+    /// Untimed runs before the timed ones.
+    #[arg(long, default_value_t = 1, global = true)]
+    warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 3, global = true)]
+    iters: usize,
+    // `cargo bench` passes `--bench`; accept and ignore it.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Case {
+    /// DiT forward of a given shape with random weights.
+    Dit {
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+        #[arg(long, default_value_t = 8)]
+        layers: usize,
+        #[arg(long, default_value_t = 2048)]
+        ffn: usize,
+        #[arg(long, default_value_t = 512)]
+        text_dim: usize,
+        /// Latent frames × height × width (16 channels).
+        #[arg(long, default_value = "9x30x52")]
+        latent: String,
+        #[arg(long, default_value_t = 64)]
+        text_len: usize,
+        /// Use the published 1.3B configuration (overrides the shape flags but `--layers` when given).
+        #[arg(long)]
+        preset_1_3b: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let device = Device::Cpu;
+    match cli.case {
+        Case::Dit { heads, head_dim, layers, ffn, text_dim, latent, text_len, preset_1_3b } => {
+            let cfg = if preset_1_3b {
+                WanTransformerConfig { num_layers: layers, ..WanTransformerConfig::t2v_1_3b() }
+            } else {
+                WanTransformerConfig {
+                    num_attention_heads: heads,
+                    attention_head_dim: head_dim,
+                    num_layers: layers,
+                    ffn_dim: ffn,
+                    text_dim,
+                    ..WanTransformerConfig::t2v_1_3b()
+                }
+            };
+            let [f, h, w] = parse_grid(&latent)?;
+            let model = WanTransformer::new(&cfg, RandomWeights::var_builder(0, DType::F32, &device))?;
+            let x = Tensor::randn(0f32, 1.0, (1, 16, f, h, w), &device)?;
+            let t = Tensor::new(&[500f32], &device)?;
+            let ctx = Tensor::randn(0f32, 1.0, (1, text_len, cfg.text_dim), &device)?;
+            let tokens = f * (h / 2) * (w / 2);
+            let times = time(cli.warmup, cli.iters, || {
+                model.forward(&x, &t, &ctx)?;
+                Ok(())
+            })?;
+            report("dit", &format!("dim{} L{} tokens{}", cfg.dim(), cfg.num_layers, tokens), &times);
+        }
+    }
+    Ok(())
+}
+
+fn parse_grid(s: &str) -> anyhow::Result<[usize; 3]> {
+    let parts: Vec<usize> = s.split('x').map(str::parse).collect::<Result<_, _>>()?;
+    parts.try_into().map_err(|_| anyhow::anyhow!("--latent: expected FxHxW, got {s}"))
+}
+
+fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// Peak resident memory of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn report(case: &str, shape: &str, times: &[f64]) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{{\"impl\":\"candle\",\"case\":\"{case}\",\"shape\":\"{shape}\",\"median_s\":{median:.4},\"min_s\":{:.4},\"threads\":{},\"peak_rss_mib\":{:.0}}}",
+        sorted[0],
+        candle_core::utils::get_num_threads(),
+        peak_rss_mib()
+    );
+}
