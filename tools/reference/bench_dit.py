@@ -2,7 +2,7 @@
 """Times the reference WanTransformer3DModel forward on CPU, to compare with the Rust port.
 
 Config: dim 512 (4 heads x 128), 8 layers, ffn 2048, text_dim 512, freq_dim 256; latent [1,16,9,30,52]
-(7,020 tokens after 1x2x2 patching), 64 text tokens, random weights, float32.
+(3,510 tokens after 1x2x2 patching), 64 text tokens, random weights, float32.
 Prints one JSON line: {"impl": "torch", "median_s": ..., "min_s": ..., ...}.
 
     tools/reference/.venv/bin/python tools/reference/bench_dit.py [--threads 2] [--iters 3]

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
 use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::random::RandomWeights;
+use patchwork_worker::model::vae::{VaeConfig, WanVae};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -48,6 +49,12 @@ enum Case {
         #[arg(long)]
         preset_1_3b: bool,
     },
+    /// Streaming VAE decode with the Wan2.1 config and random weights; frames are dropped as they come.
+    VaeDecode {
+        /// Latent frames × height × width.
+        #[arg(long, default_value = "21x60x104")]
+        latent: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +85,21 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })?;
             report("dit", &format!("dim{} L{} tokens{}", cfg.dim(), cfg.num_layers, tokens), &times);
+        }
+        Case::VaeDecode { latent } => {
+            let [f, h, w] = parse_grid(&latent)?;
+            let cfg = VaeConfig::wan2_1();
+            let vae = WanVae::new(cfg.clone(), RandomWeights::var_builder(0, DType::F32, &device))?;
+            let frames: Vec<Tensor> =
+                (0..f).map(|_| Tensor::randn(0f32, 1.0, (1, cfg.z_dim, 1, h, w), &device)).collect::<Result<_, _>>()?;
+            let times = time(cli.warmup, cli.iters, || {
+                let mut stream = vae.decode_stream();
+                for frame in &frames {
+                    drop(stream.push(frame)?);
+                }
+                Ok(())
+            })?;
+            report("vae-decode", &format!("{} frames {}x{}", cfg.decoded_frames(f), 8 * h, 8 * w), &times);
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
-//! The text path against the reference fixtures: the umT5 encoder alone (transformers'
-//! `UMT5EncoderModel`), the tokenizer call (transformers' tokenizer as `WanPipeline` calls it), and the
-//! whole prompt-to-embeddings path (`WanPipeline.encode_prompt`). Tolerance: relative error 1e-4 in f32.
+//! The text path against the reference fixtures beyond the encoder alone (which `reference_components`
+//! checks): the tokenizer call (transformers' tokenizer as `WanPipeline` calls it), the whole
+//! prompt-to-embeddings path (`WanPipeline.encode_prompt`), reduced precision, and broken folders.
 
 mod common;
 
@@ -31,27 +31,6 @@ struct TokenizerCase {
 
 fn input<'a>(inputs: &'a std::collections::HashMap<String, Tensor>, name: &str, case: &str) -> &'a Tensor {
     inputs.get(name).unwrap_or_else(|| panic!("{case}: no input `{name}`"))
-}
-
-#[test]
-fn text_encoder_matches_reference() {
-    let manifest = common::manifest();
-    let cases: Vec<_> = manifest.cases.iter().filter(|c| c.component == "text-encoder").collect();
-    assert!(!cases.is_empty(), "no text-encoder cases in the manifest");
-    for case in cases {
-        let dir = ComponentDir::open(common::fixtures_dir().join(&case.model_dir)).expect("text encoder folder");
-        let encoder =
-            UMT5Encoder::load(&dir, DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let inputs = common::load(&case.inputs);
-        let expected = common::load(&case.expected);
-        let got = encoder
-            .forward(input(&inputs, "input_ids", &case.name), input(&inputs, "attention_mask", &case.name))
-            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let want = expected.get("last_hidden_state").unwrap_or_else(|| panic!("{}: no last_hidden_state", case.name));
-        let err = common::rel_err(&got, want);
-        println!("{}: last_hidden_state relative error {err:.3e}", case.name);
-        assert!(err <= TOLERANCE, "{}: relative error {err:.3e} > {TOLERANCE:e}", case.name);
-    }
 }
 
 #[test]

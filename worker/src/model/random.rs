@@ -9,8 +9,9 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 /// Normal weights scaled by 1/√fan_in (the last dimension for matrices, the product of the trailing
-/// dimensions for convolutions); vectors (norm scales, biases) are 1 + small noise for weights named
-/// `weight` and small noise otherwise, so that norms keep their inputs' scale.
+/// dimensions for convolutions); vectors (norm scales, biases) are 1 + small noise for scales (named
+/// `weight` or `gamma`) and small noise otherwise, so that norms keep their inputs' scale and no
+/// activation decays into denormals (which would time differently from a real model).
 pub struct RandomWeights {
     seed: u64,
 }
@@ -28,7 +29,7 @@ impl SimpleBackend for RandomWeights {
         let mut rng = SplitMix64::new(self.seed ^ fnv1a(name));
         let is_vector = dims.iter().filter(|&&d| d > 1).count() <= 1;
         let (offset, scale) = if is_vector {
-            (if name.ends_with("weight") { 1.0 } else { 0.0 }, 0.02)
+            (if name.ends_with("weight") || name.ends_with("gamma") { 1.0 } else { 0.0 }, 0.02)
         } else {
             let fan_in: usize = dims[1..].iter().product();
             (0.0, 1.0 / (fan_in.max(1) as f64).sqrt())

@@ -49,12 +49,17 @@ impl CausalCache {
     /// Runs a causal convolution on this chunk's `x` with the frames the previous chunks left, and
     /// keeps the last `conv.causal_pad()` frames of the (carried ++ x) sequence for the next chunk.
     pub fn conv(&mut self, conv: &Conv, x: &Tensor) -> Result<Tensor> {
+        self.conv_add(conv, x, None)
+    }
+
+    /// [`conv`](Self::conv) with `residual` added to the output.
+    pub fn conv_add(&mut self, conv: &Conv, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let slot = self.next();
         let past = match slot {
             Slot::Frames(t) => Some(&*t),
             Slot::Fresh | Slot::Started => None,
         };
-        let y = conv.forward(past, x)?;
+        let y = conv.forward_add(past, x, residual)?;
         *slot = Slot::Frames(tail(past, x, conv.causal_pad())?);
         Ok(y)
     }

@@ -12,7 +12,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::cpu_conv::{self, ConvGeometry, Fold, Frame, TapWeights};
+use super::cpu_conv::{self, ConvGeometry, Frame, TapWeights};
 
 /// A convolution whose time axis is causal: `causal_pad` frames before the input (zeros, or frames
 /// carried over from the previous chunk) and none after.
@@ -21,8 +21,7 @@ pub(crate) struct Conv {
     geom: ConvGeometry,
     causal_pad: usize,
     kernel: Kernel,
-    /// CPU kernel settings (fixed outside benchmarks).
-    fold: Fold,
+    /// Output pixels per band of the CPU kernel (fixed outside tests).
     tile_pixels: usize,
 }
 
@@ -45,6 +44,7 @@ enum Kernel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConvImpl {
     Auto,
+    #[cfg_attr(not(test), allow(dead_code))]
     Generic,
 }
 
@@ -94,7 +94,7 @@ impl Conv {
             let w = w.permute((0, 2, 1, 3, 4))?.reshape((g.cout, g.kt * g.cin, g.kh, g.kw))?.contiguous()?;
             Kernel::Folded { w, b: b.reshape((1, g.cout, 1, 1))? }
         };
-        Ok(Conv { geom, causal_pad, kernel, fold: cpu_conv::DEFAULT_FOLD, tile_pixels: cpu_conv::DEFAULT_TILE_PIXELS })
+        Ok(Conv { geom, causal_pad, kernel, tile_pixels: cpu_conv::DEFAULT_TILE_PIXELS })
     }
 
     #[cfg(test)]
@@ -102,10 +102,9 @@ impl Conv {
         Self::build(geom, causal_pad, w, b, imp)
     }
 
-    /// Overrides the CPU kernel's tap folding and band size (for benchmarks and tests).
+    /// Overrides the CPU kernel's band size (for tests and benchmarks).
     #[cfg(test)]
-    pub fn with_cpu_kernel(mut self, fold: Fold, tile_pixels: usize) -> Self {
-        self.fold = fold;
+    pub fn with_tile_pixels(mut self, tile_pixels: usize) -> Self {
         self.tile_pixels = tile_pixels;
         self
     }
@@ -118,6 +117,12 @@ impl Conv {
     /// Convolves `x [B, cin, T, H, W]` preceded in time by `past [B, cin, P, H, W]` (the last frames of
     /// the previous chunk, `P <= causal_pad`) and then by `causal_pad - P` frames of zeros.
     pub fn forward(&self, past: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
+        self.forward_add(past, x, None)
+    }
+
+    /// [`forward`](Self::forward) plus `residual` (of the output's shape), added by the CPU kernel as it
+    /// writes its output instead of as another full-size tensor.
+    pub fn forward_add(&self, past: Option<&Tensor>, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let g = &self.geom;
         let (b, c, t, h, w) = x.dims5()?;
         if c != g.cin {
@@ -137,9 +142,9 @@ impl Conv {
             Kernel::Pointwise { w: wm, b: bias } => {
                 // [B, cin, T, H, W] -> [B, cin, T*H*W]; [cout, cin] x that -> [B, cout, T*H*W]
                 let y = wm.broadcast_matmul(&x.reshape((b, c, t * h * w))?)?.broadcast_add(bias)?;
-                y.reshape((b, g.cout, t, h, w))
+                add(y.reshape((b, g.cout, t, h, w))?, residual)
             }
-            Kernel::Cpu(taps) => self.forward_cpu(taps, zeros, past, x),
+            Kernel::Cpu(taps) => self.forward_cpu(taps, zeros, past, x, 1, residual),
             Kernel::Folded { w: wf, b: bias } => {
                 let mut parts = Vec::with_capacity(3);
                 if zeros > 0 {
@@ -162,18 +167,45 @@ impl Conv {
                     let y = inp.conv2d(wf, 0, g.stride_s, 1, 1)?.broadcast_add(bias)?;
                     frames.push(y.unsqueeze(2)?);
                 }
-                Tensor::cat(&frames, 2)
+                add(Tensor::cat(&frames, 2)?, residual)
             }
         }
     }
 
-    fn forward_cpu(&self, taps: &TapWeights, zeros: usize, past: Option<&Tensor>, x: &Tensor) -> Result<Tensor> {
+    /// Nearest-neighbour ×2 upsampling of every frame of `x [B, cin, T, H, W]`, then this (per-frame)
+    /// convolution. The CPU kernel reads the small frames directly, so the 4× larger upsampled video is
+    /// never stored (1.2 GB at the decoder's last upsampling for 480×832).
+    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t, h, w) = x.dims5()?;
+        match &self.kernel {
+            Kernel::Cpu(taps) if self.causal_pad == 0 && c == self.geom.cin => {
+                self.forward_cpu(taps, 0, None, x, 2, None)
+            }
+            _ => {
+                // [B, C, T, H, W] -> [B, C*T, H, W]: every (channel, frame) plane is upsampled on its own.
+                let up = x.reshape((b, c * t, h, w))?.upsample_nearest2d(2 * h, 2 * w)?;
+                self.forward(None, &up.reshape((b, c, t, 2 * h, 2 * w))?)
+            }
+        }
+    }
+
+    /// The CPU kernel over `x` (and `past`), whose frames are read upsampled by `up` (1 or 2).
+    fn forward_cpu(
+        &self,
+        taps: &TapWeights,
+        zeros: usize,
+        past: Option<&Tensor>,
+        x: &Tensor,
+        up: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let g = &self.geom;
+        // Source dims; the convolution sees frames of (up*h, up*w).
         let (b, c, t, h, w) = x.dims5()?;
         let x = x.contiguous()?;
         let past = past.map(|p| p.contiguous()).transpose()?;
         let p = past.as_ref().map(|p| p.dim(2)).transpose()?.unwrap_or(0);
-        let (hout, wout) = g.out_hw(h, w);
+        let (hout, wout) = g.out_hw(up * h, up * w);
         let tout = g.out_frames(zeros + p + t);
         let per_item = g.cout * tout * hout * wout;
         let mut out = vec![0f32; b * per_item];
@@ -182,19 +214,34 @@ impl Conv {
         let x_data = cpu_f32(&x_guard.0, x_guard.1)?;
         let past_guard = past.as_ref().map(|p| p.storage_and_layout());
         let past_data = past_guard.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
-        let threads = candle_core::utils::get_num_threads();
+        let residual = residual.map(|r| r.contiguous()).transpose()?;
+        if let Some(r) = &residual {
+            if r.dims() != [b, g.cout, tout, hout, wout] {
+                candle_core::bail!("conv: residual {:?} for an output of {:?}", r.dims(), (b, g.cout, tout, hout, wout))
+            }
+        }
+        let res_guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let res_data = res_guard.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
         for bi in 0..b {
             let mut frames: Vec<Option<Frame<'_>>> = vec![None; zeros];
             if let Some(pd) = past_data {
                 let item = &pd[bi * c * p * h * w..(bi + 1) * c * p * h * w];
-                frames.extend((0..p).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: p * h * w })));
+                frames.extend((0..p).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: p * h * w, up })));
             }
             let item = &x_data[bi * c * t * h * w..(bi + 1) * c * t * h * w];
-            frames.extend((0..t).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: t * h * w })));
+            frames.extend((0..t).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: t * h * w, up })));
             let out_item = &mut out[bi * per_item..(bi + 1) * per_item];
-            cpu_conv::conv3d(g, taps, &frames, (h, w), out_item, threads, self.tile_pixels, self.fold);
+            let res_item = res_data.map(|r| &r[bi * per_item..(bi + 1) * per_item]);
+            cpu_conv::conv3d(g, taps, &frames, (up * h, up * w), out_item, res_item, self.tile_pixels);
         }
         Tensor::from_vec(out, (b, g.cout, tout, hout, wout), &Device::Cpu)
+    }
+}
+
+fn add(y: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The Wan2.1 video VAE (diffusers' `AutoencoderKLWan`) in candle.
 //!
 //! Video `[B, 3, 1 + 4k, H, W]` in `[-1, 1]` <-> raw latents `[B, 16, 1 + k, H/8, W/8]`. Both directions
-//! run a chunk at a time with a causal cache ([`cache`]), exactly as the reference does, so that memory
+//! run a chunk at a time with a causal cache (`cache.rs`), exactly as the reference does, so that memory
 //! depends on the frame size and not on the video's length: decoding takes one latent frame per step
 //! ([`VaeDecodeStream`]), encoding takes 1 frame and then 4 at a time.
 //!
@@ -18,11 +18,8 @@ mod decoder;
 mod encoder;
 mod norm;
 mod par;
-#[cfg(test)]
-mod perf_tests;
 mod resample;
 mod stream;
-pub mod synthetic;
 #[cfg(test)]
 mod tests;
 

@@ -4,10 +4,13 @@
 //! for the per-pixel sums of squares, one for normalise-scale-activate, instead of six tensor ops with a
 //! temporary each.
 
+use std::ops::Range;
+
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::par::{run_jobs, split, SharedMut};
+use crate::model::cpu::fast_math::fast_exp;
 
 /// `F.normalize`'s floor on the norm.
 const EPS: f64 = 1e-12;
@@ -68,6 +71,9 @@ impl RmsNorm {
 /// Fused CPU kernel over `x [B, C, S]` (f32): per pixel, `x * gain[c] / max(norm, eps)`, then SiLU.
 fn cpu_norm(x: &Tensor, gain: &[f32], silu: bool) -> Result<Tensor> {
     let (b, c, s) = x.dims3()?;
+    if c != gain.len() {
+        candle_core::bail!("rms norm: {c} channels, the gain has {}", gain.len())
+    }
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let data = match &*storage {
@@ -80,30 +86,83 @@ fn cpu_norm(x: &Tensor, gain: &[f32], silu: bool) -> Result<Tensor> {
     // stay in cache while the channels stream past.
     const PIXELS: usize = 4096;
     let ranges = split(s, s.div_ceil(PIXELS));
-    let threads = candle_core::utils::get_num_threads();
-    run_jobs(b * ranges.len(), threads, |job, inv: &mut Vec<f32>| {
+    run_jobs(b * ranges.len(), |job, inv: &mut Vec<f32>| {
         let (bi, r) = (job / ranges.len(), ranges[job % ranges.len()].clone());
         let item = &data[bi * c * s..(bi + 1) * c * s];
-        inv.clear();
-        inv.resize(r.len(), 0.0);
-        for ci in 0..c {
-            for (acc, v) in inv.iter_mut().zip(&item[ci * s + r.start..ci * s + r.end]) {
-                *acc += v * v;
-            }
-        }
-        for acc in inv.iter_mut() {
-            *acc = 1.0 / acc.sqrt().max(EPS as f32);
-        }
-        for (ci, g) in gain.iter().enumerate().take(c) {
-            let src = &item[ci * s + r.start..ci * s + r.end];
-            // SAFETY: row (bi, ci) restricted to this job's pixel range is written by this job only.
-            let dst = unsafe { out_ptr.slice((bi * c + ci) * s + r.start, r.len()) };
-            for ((d, v), n) in dst.iter_mut().zip(src).zip(inv.iter()) {
-                let y = v * n * g;
-                *d = if silu { y / (1.0 + (-y).exp()) } else { y };
-            }
-        }
+        // SAFETY: rows (bi, 0..c) restricted to this job's pixel range are written by this job only.
+        let dst = |ci: usize| unsafe { out_ptr.slice((bi * c + ci) * s + r.start, r.len()) };
+        norm_range(item, s, r.clone(), gain, silu, inv, dst);
     });
     drop(storage);
     Tensor::from_vec(out, (b, c, s), x.device())
+}
+
+/// Normalises pixels `r` of one item `[c, s]`: sums of squares over channels into `inv` (per pixel),
+/// then every channel row scaled (and activated) into `dst(c)`. Compiled twice, for AVX2+FMA (chosen
+/// at run time) and the baseline, so that the loops and [`fast_exp`] vectorise at full width.
+fn norm_range<'a>(
+    item: &[f32],
+    s: usize,
+    r: Range<usize>,
+    gain: &[f32],
+    silu: bool,
+    inv: &mut Vec<f32>,
+    dst: impl Fn(usize) -> &'a mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { norm_range_avx2(item, s, r, gain, silu, inv, dst) };
+    }
+    norm_range_generic(item, s, r, gain, silu, inv, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn norm_range_avx2<'a>(
+    item: &[f32],
+    s: usize,
+    r: Range<usize>,
+    gain: &[f32],
+    silu: bool,
+    inv: &mut Vec<f32>,
+    dst: impl Fn(usize) -> &'a mut [f32],
+) {
+    norm_range_generic(item, s, r, gain, silu, inv, dst)
+}
+
+#[inline(always)]
+fn norm_range_generic<'a>(
+    item: &[f32],
+    s: usize,
+    r: Range<usize>,
+    gain: &[f32],
+    silu: bool,
+    inv: &mut Vec<f32>,
+    dst: impl Fn(usize) -> &'a mut [f32],
+) {
+    inv.clear();
+    inv.resize(r.len(), 0.0);
+    for ci in 0..gain.len() {
+        for (acc, v) in inv.iter_mut().zip(&item[ci * s + r.start..ci * s + r.end]) {
+            *acc += v * v;
+        }
+    }
+    for acc in inv.iter_mut() {
+        *acc = 1.0 / acc.sqrt().max(EPS as f32);
+    }
+    for (ci, &g) in gain.iter().enumerate() {
+        let src = &item[ci * s + r.start..ci * s + r.end];
+        let out = dst(ci);
+        if silu {
+            for ((d, v), n) in out.iter_mut().zip(src).zip(inv.iter()) {
+                let y = v * n * g;
+                *d = y / (1.0 + fast_exp(-y));
+            }
+        } else {
+            for ((d, v), n) in out.iter_mut().zip(src).zip(inv.iter()) {
+                *d = v * n * g;
+            }
+        }
+    }
 }

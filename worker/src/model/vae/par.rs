@@ -1,15 +1,16 @@
-//! The little CPU parallelism the VAE kernels need: split a range of independent work items over
-//! candle's thread count, each thread writing its own disjoint part of one output buffer.
+//! The little CPU parallelism the VAE kernels need: independent work items on rayon's pool (the one
+//! candle uses), each thread writing its own disjoint part of one output buffer.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
 
 /// A raw pointer to an output buffer that threads write disjoint parts of.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(pub *mut f32);
 
 // SAFETY: users guarantee that concurrent writers touch disjoint elements and that the buffer outlives
-// the scoped threads (every use is inside `std::thread::scope`, which joins before returning).
+// the parallel loop (every use is inside `run_jobs`, which returns only when all jobs are done).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
@@ -22,30 +23,10 @@ impl SharedMut {
     }
 }
 
-/// Runs `job(i, scratch)` for every `i < jobs` on up to `threads` threads, handing out items one at a
-/// time (items may differ in cost). Each thread gets its own `S::default()` scratch space.
-pub(crate) fn run_jobs<S: Default>(jobs: usize, threads: usize, job: impl Fn(usize, &mut S) + Sync) {
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut scratch = S::default();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= jobs {
-                break;
-            }
-            job(i, &mut scratch);
-        }
-    };
-    let threads = threads.clamp(1, jobs.max(1));
-    if threads == 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(work);
-            }
-        });
-    }
+/// Runs `job(i, scratch)` for every `i < jobs` on rayon's pool (load-balanced by work stealing).
+/// Scratch space is created once per piece rayon splits the range into and reused across its items.
+pub(crate) fn run_jobs<S: Default>(jobs: usize, job: impl Fn(usize, &mut S) + Sync + Send) {
+    (0..jobs).into_par_iter().for_each_init(S::default, |scratch, i| job(i, scratch));
 }
 
 /// Splits `0..n` into `parts` contiguous ranges of nearly equal length.

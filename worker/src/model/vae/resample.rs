@@ -50,15 +50,16 @@ impl Resample {
         Ok(Resample { mode, conv, time_conv })
     }
 
-    /// `x [B, C, T, H, W]` to `[B, C', T', 2H, 2W]` (up) or `[B, C, T', H/2, W/2]` (down); the 3D modes
+    /// `x [B, C, T, H, W]` to `[B, C', T', 2H, 2W]` (up: nearest-neighbour ×2, which is what the
+    /// reference's `nearest-exact` does at scale 2, then a 3×3 convolution) or `[B, C, T', H/2, W/2]` (down); the 3D modes
     /// use one cache slot.
     pub fn forward(&self, x: &Tensor, cache: &mut CausalCache) -> Result<Tensor> {
         match (self.mode, &self.time_conv) {
             (ResampleMode::Upsample3d, Some(tc)) => {
                 let x = upsample_time(tc, x, cache)?;
-                self.conv.forward(None, &upsample_space(&x)?)
+                self.conv.forward_upsampled(&x)
             }
-            (ResampleMode::Upsample2d, _) => self.conv.forward(None, &upsample_space(x)?),
+            (ResampleMode::Upsample2d, _) => self.conv.forward_upsampled(x),
             (ResampleMode::Downsample2d, _) => self.conv.forward(None, x),
             (ResampleMode::Downsample3d, Some(tc)) => {
                 let x = self.conv.forward(None, x)?;
@@ -67,14 +68,6 @@ impl Resample {
             (_, None) => candle_core::bail!("resample: 3D mode without a time convolution"),
         }
     }
-}
-
-/// Nearest-neighbour ×2 in height and width (the reference's `nearest-exact` at scale 2 picks source
-/// pixel `i / 2`, as plain nearest does).
-fn upsample_space(x: &Tensor) -> Result<Tensor> {
-    let (b, c, t, h, w) = x.dims5()?;
-    // [B, C, T, H, W] -> [B, C*T, H, W]: every (channel, frame) plane is upsampled on its own.
-    x.reshape((b, c * t, h, w))?.upsample_nearest2d(2 * h, 2 * w)?.reshape((b, c, t, 2 * h, 2 * w))
 }
 
 fn upsample_time(tc: &Conv, x: &Tensor, cache: &mut CausalCache) -> Result<Tensor> {

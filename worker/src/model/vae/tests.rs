@@ -6,10 +6,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::conv::{Conv, ConvImpl};
-use super::cpu_conv::{self, ConvGeometry, Fold, Frame, TapWeights};
-use super::synthetic::synthetic_vae;
+use super::cpu_conv::{self, ConvGeometry, Frame, TapWeights};
 use super::{VaeConfig, WanVae};
 use crate::model::load::ComponentDir;
+use crate::model::random::RandomWeights;
 
 /// A small VAE with the Wan2.1 layout (4 levels, 2 temporal upsamplings) but 8 base channels.
 fn tiny_config() -> VaeConfig {
@@ -36,10 +36,11 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 }
 
 /// Every geometry the VAE uses: 3×3×3 causal with context, 3×1×1 temporal (stride 1 and 2), 3×3 per
-/// frame with stride 2 and one-sided padding, on sizes that do not divide evenly.
+/// frame with stride 2 and one-sided padding, 3×3 per frame after ×2 upsampling, on sizes that do not
+/// divide evenly.
 #[test]
 fn cpu_conv_kernel_matches_candle_conv2d() {
-    let cases: [(ConvGeometry, usize, usize, bool); 4] = [
+    let cases: [(ConvGeometry, usize, usize, bool); 5] = [
         (
             ConvGeometry { cin: 5, cout: 7, kt: 3, kh: 3, kw: 3, stride_t: 1, stride_s: 1, pad: [1, 1, 1, 1] },
             2,
@@ -54,6 +55,7 @@ fn cpu_conv_kernel_matches_candle_conv2d() {
             3,
             false,
         ),
+        (ConvGeometry { cin: 6, cout: 3, kt: 1, kh: 3, kw: 3, stride_t: 1, stride_s: 1, pad: [1; 4] }, 0, 2, false),
     ];
     for (i, (g, causal_pad, t, with_past)) in cases.into_iter().enumerate() {
         let w = randn(&[g.cout, g.cin, g.kt, g.kh, g.kw], i as u64);
@@ -62,15 +64,21 @@ fn cpu_conv_kernel_matches_candle_conv2d() {
         let past = with_past.then(|| randn(&[2, g.cin, 1, 11, 13], 30));
         let slow = Conv::from_weights(g, causal_pad, w.clone(), b.clone(), ConvImpl::Generic).unwrap();
         let ys = slow.forward(past.as_ref(), &x).unwrap();
-        for fold in [Fold::None, Fold::Width, Fold::All] {
+        for tile in [40, 1 << 20] {
             let fast = Conv::from_weights(g, causal_pad, w.clone(), b.clone(), ConvImpl::Auto).unwrap();
-            let yf = fast.with_cpu_kernel(fold, 40).forward(past.as_ref(), &x).unwrap();
-            assert!(max_abs_diff(&yf, &ys) < 1e-4, "case {i}, {fold:?}: {}", max_abs_diff(&yf, &ys));
+            let yf = fast.with_tile_pixels(tile).forward(past.as_ref(), &x).unwrap();
+            assert!(max_abs_diff(&yf, &ys) < 1e-4, "case {i}, tile {tile}: {}", max_abs_diff(&yf, &ys));
+        }
+        if g.kt == 1 && g.stride_s == 1 {
+            let fast = Conv::from_weights(g, causal_pad, w.clone(), b.clone(), ConvImpl::Auto).unwrap();
+            let (yf, ys) = (fast.forward_upsampled(&x).unwrap(), slow.forward_upsampled(&x).unwrap());
+            assert!(max_abs_diff(&yf, &ys) < 1e-4, "case {i} upsampled: {}", max_abs_diff(&yf, &ys));
         }
     }
 }
 
-/// Bands of a few rows, run on several threads, give the same result as one band on one thread.
+/// Bands of a few rows, run on several threads, give the same result as one band on one thread; a
+/// fused residual is added exactly.
 #[test]
 fn cpu_conv_bands_and_threads_do_not_change_the_result() {
     let g = ConvGeometry { cin: 4, cout: 6, kt: 3, kh: 3, kw: 3, stride_t: 1, stride_s: 1, pad: [1, 1, 1, 1] };
@@ -79,25 +87,30 @@ fn cpu_conv_bands_and_threads_do_not_change_the_result() {
     let taps = TapWeights::new(&g, &weight, vec![0.5; g.cout]);
     let x = randn(&[g.cin, t, h, w], 2).flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut frames = vec![None, None];
-    frames.extend((0..t).map(|ti| Some(Frame { data: &x[ti * h * w..], c_stride: t * h * w })));
-    let run = |threads, tile, fold| {
+    frames.extend((0..t).map(|ti| Some(Frame { data: &x[ti * h * w..], c_stride: t * h * w, up: 1 })));
+    let residual: Vec<f32> = (0..g.cout * t * h * w).map(|i| (i % 7) as f32).collect();
+    let run = |threads, tile, residual| {
         let mut out = vec![0f32; g.cout * t * h * w];
-        cpu_conv::conv3d(&g, &taps, &frames, (h, w), &mut out, threads, tile, fold);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| cpu_conv::conv3d(&g, &taps, &frames, (h, w), &mut out, residual, tile));
         out
     };
-    let whole = run(1, 1 << 20, Fold::None);
-    for fold in [Fold::None, Fold::Width, Fold::All] {
-        for (threads, tile) in [(1, 11), (3, 11), (2, 40), (1, 1 << 20)] {
-            let banded = run(threads, tile, fold);
-            let diff = whole.iter().zip(&banded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-5, "{fold:?}, threads {threads}, tile {tile}: {diff}");
-        }
+    let whole = run(1, 1 << 20, None);
+    for (threads, tile) in [(1, 11), (3, 11), (2, 40)] {
+        let banded = run(threads, tile, None);
+        let diff = whole.iter().zip(&banded).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "threads {threads}, tile {tile}: {diff}");
     }
+    // A residual is added as the output is written.
+    let with_residual = run(2, 11, Some(residual.as_slice()));
+    let diff =
+        whole.iter().zip(&residual).zip(&with_residual).map(|((a, r), b)| (a + r - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "residual: {diff}");
 }
 
 #[test]
 fn streaming_decode_gives_the_frames_of_one_shot_decode() {
-    let vae = synthetic_vae(tiny_config(), DType::F32, &Device::Cpu, 7).unwrap();
+    let vae = random_vae(tiny_config(), DType::F32, &Device::Cpu, 7).unwrap();
     let latents = randn(&[1, 16, 3, 2, 3], 3);
     let whole = vae.decode(&latents).unwrap();
     assert_eq!(whole.dims(), &[1, 3, 9, 16, 24]);
@@ -120,7 +133,7 @@ fn streaming_decode_gives_the_frames_of_one_shot_decode() {
 
 #[test]
 fn stream_rejects_a_frame_of_another_size() {
-    let vae = synthetic_vae(tiny_config(), DType::F32, &Device::Cpu, 7).unwrap();
+    let vae = random_vae(tiny_config(), DType::F32, &Device::Cpu, 7).unwrap();
     let mut stream = vae.decode_stream();
     stream.push(&randn(&[1, 16, 1, 2, 3], 1)).unwrap();
     let err = stream.push(&randn(&[1, 16, 1, 2, 4], 1)).unwrap_err().to_string();
@@ -132,8 +145,8 @@ fn stream_rejects_a_frame_of_another_size() {
 #[test]
 fn half_precision_decode_is_close_to_f32() {
     let latents = randn(&[1, 16, 2, 2, 3], 5);
-    let f32_out = synthetic_vae(tiny_config(), DType::F32, &Device::Cpu, 9).unwrap().decode(&latents).unwrap();
-    let half_vae = synthetic_vae(tiny_config(), DType::F16, &Device::Cpu, 9).unwrap();
+    let f32_out = random_vae(tiny_config(), DType::F32, &Device::Cpu, 9).unwrap().decode(&latents).unwrap();
+    let half_vae = random_vae(tiny_config(), DType::F16, &Device::Cpu, 9).unwrap();
     let half_out = half_vae.decode(&latents).unwrap().to_dtype(DType::F32).unwrap();
     let rel = ((&f32_out - &half_out).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
         / f32_out.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
@@ -143,7 +156,7 @@ fn half_precision_decode_is_close_to_f32() {
 
 #[test]
 fn normalize_and_denormalize_are_inverse_and_follow_the_pipeline() {
-    let vae = synthetic_vae(tiny_config(), DType::F32, &Device::Cpu, 1).unwrap();
+    let vae = random_vae(tiny_config(), DType::F32, &Device::Cpu, 1).unwrap();
     let raw = randn(&[1, 16, 2, 2, 3], 4);
     let norm = vae.normalize(&raw).unwrap();
     let cfg = vae.config();
@@ -191,4 +204,9 @@ fn a_missing_tensor_is_named_in_the_error() {
     let err = load_with_missing_tensor(name);
     assert!(err.contains(name), "error does not name the tensor: {err}");
     assert!(err.contains("patchwork-vae-missing"), "error does not name the folder: {err}");
+}
+
+/// A VAE of `cfg`'s architecture with seeded random weights.
+fn random_vae(cfg: VaeConfig, dtype: DType, device: &Device, seed: u64) -> crate::model::Result<WanVae> {
+    WanVae::new(cfg, RandomWeights::var_builder(seed, dtype, device))
 }
