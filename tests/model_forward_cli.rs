@@ -188,4 +188,10 @@ fn bad_arguments_and_inputs_are_named() {
     assert!(!ok && err.contains("encoder_hidden_states"), "{err}");
     let (ok, err) = run_forward("transformer", &model, &tmp.path().join("nope.safetensors"), &out, "f32");
     assert!(!ok && err.contains("nope.safetensors"), "{err}");
+    // A frame too small for the VAE's downsampling is refused by name, not wrapped around.
+    let tiny = tmp.path().join("tiny.safetensors");
+    let sample = Tensor::zeros((1, 3, 1, 4, 16), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("sample".to_string(), sample)]), &tiny).unwrap();
+    let (ok, err) = run_forward("vae-encode", &fixtures().join("pipeline/vae"), &tiny, &out, "f32");
+    assert!(!ok && err.contains("sample") && err.contains("multiples of 8"), "{err}");
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Model benchmarks on CPU, printed as a table.
 #
-#   tools/bench/model.sh [dit] [dit-1.3b] [vae-decode]     (default: all three)
+#   tools/bench/model.sh [dit] [dit-1.3b] [vae-decode]     (default: all three; on 2 cores the full
+#                                                           1.3B forward and 81-frame decode take
+#                                                           about 45 and 20 minutes: see LAYERS and
+#                                                           LATENT_FRAMES below)
 #
 #   dit         DiT forward, dim 512 (4 heads x 128), 8 layers, ffn 2048, text_dim 512, latent 16x9x30x52,
 #               64 text tokens: candle and the reference PyTorch forward of the same config, alternated in
@@ -33,6 +36,10 @@ rows=()
 for case in "${cases[@]}"; do
   case $case in
     dit)
+      if [ ! -x "$py" ]; then
+        echo "dit: no $py; run tools/reference/make_fixtures.sh once to create the PyTorch venv" >&2
+        exit 2
+      fi
       c=(); t=()
       for _ in $(seq "$ROUNDS"); do
         line=$("$bench" dit --warmup 1 --iters 1); c+=("$(field "$line" median_s)")

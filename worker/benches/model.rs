@@ -34,8 +34,9 @@ enum Case {
         heads: usize,
         #[arg(long, default_value_t = 128)]
         head_dim: usize,
-        #[arg(long, default_value_t = 8)]
-        layers: usize,
+        /// Blocks to run: 8 by default, all of the preset's with `--preset-1-3b`.
+        #[arg(long)]
+        layers: Option<usize>,
         #[arg(long, default_value_t = 2048)]
         ffn: usize,
         #[arg(long, default_value_t = 512)]
@@ -45,7 +46,7 @@ enum Case {
         latent: String,
         #[arg(long, default_value_t = 64)]
         text_len: usize,
-        /// Use the published 1.3B configuration (overrides the shape flags but `--layers` when given).
+        /// Use the published 1.3B configuration (overrides every shape flag but `--layers`).
         #[arg(long)]
         preset_1_3b: bool,
     },
@@ -63,12 +64,13 @@ fn main() -> anyhow::Result<()> {
     match cli.case {
         Case::Dit { heads, head_dim, layers, ffn, text_dim, latent, text_len, preset_1_3b } => {
             let cfg = if preset_1_3b {
-                WanTransformerConfig { num_layers: layers, ..WanTransformerConfig::t2v_1_3b() }
+                let preset = WanTransformerConfig::t2v_1_3b();
+                WanTransformerConfig { num_layers: layers.unwrap_or(preset.num_layers), ..preset }
             } else {
                 WanTransformerConfig {
                     num_attention_heads: heads,
                     attention_head_dim: head_dim,
-                    num_layers: layers,
+                    num_layers: layers.unwrap_or(8),
                     ffn_dim: ffn,
                     text_dim,
                     ..WanTransformerConfig::t2v_1_3b()

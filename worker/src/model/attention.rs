@@ -11,7 +11,9 @@ use candle_core::{DType, Result, Tensor, D};
 
 use super::cpu::attention::FusedCpuAttention;
 
-/// How large the score blocks may get. The defaults keep a block near 64 MiB of f32 for 12 heads.
+/// How large the score blocks may get. The fused CPU kernel holds one `q_tile × k_tile` f32 block per
+/// thread (16 MiB with the defaults); the op-based path (other devices) holds about four blocks for every
+/// batch·head at once (192 MiB each for 12 heads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionTiling {
     /// Queries per tile.
@@ -33,6 +35,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiling: Attenti
     let (b, h, nq, d) = q.dims4()?;
     let nk = k.dim(2)?;
     let dtype = q.dtype();
+    if b * h * nq * d == 0 || nk == 0 {
+        candle_core::bail!("attention over an empty tensor: q {:?}, k {:?}", q.dims(), k.dims());
+    }
     // Fold batch and heads together: every (batch, head) pair is an independent matmul.
     let q = q.reshape((b * h, nq, d))?;
     let k = k.reshape((b * h, nk, d))?;

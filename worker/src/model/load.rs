@@ -114,9 +114,14 @@ impl ComponentDir {
     }
 
     /// Wraps an error raised while building the model from this folder's weights (a missing tensor,
-    /// a wrong shape) so that it names the folder as well as the tensor.
-    pub fn weights_error(&self, err: candle_core::Error) -> ModelError {
-        ModelError::InvalidFile { path: self.path.clone(), msg: format!("weights: {}", without_backtrace(err)) }
+    /// a wrong shape) so that it names the folder as well as the tensor; other errors pass unchanged.
+    pub fn weights_error(&self, err: impl Into<ModelError>) -> ModelError {
+        match err.into() {
+            ModelError::Candle(err) => {
+                ModelError::InvalidFile { path: self.path.clone(), msg: format!("weights: {}", without_backtrace(err)) }
+            }
+            other => other,
+        }
     }
 }
 
@@ -201,7 +206,9 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
     file.read_exact(&mut prefix)
         .map_err(|_| bad("not a safetensors file (shorter than its 8-byte header length)".into()))?;
     let header_len = u64::from_le_bytes(prefix);
-    if header_len.saturating_add(8) > len {
+    // safetensors itself refuses headers over 100 MB; a larger length is a corrupt file, not a reason
+    // to allocate gigabytes.
+    if header_len > 100_000_000 || header_len.saturating_add(8) > len {
         return Err(bad(format!("not a safetensors file (header of {header_len} bytes in a file of {len})")));
     }
     let mut header = vec![0u8; header_len as usize];
@@ -215,8 +222,9 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
         .filter_map(|t| t.get("data_offsets")?.as_array()?.get(1)?.as_u64())
         .max()
         .unwrap_or(0);
-    if 8 + header_len + max_end > len {
-        return Err(bad(format!("truncated: tensors end at byte {} but the file has {len}", 8 + header_len + max_end)));
+    let end = max_end.saturating_add(8 + header_len);
+    if end > len {
+        return Err(bad(format!("truncated: tensors end at byte {end} but the file has {len}")));
     }
     Ok(())
 }

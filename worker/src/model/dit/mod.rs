@@ -50,10 +50,7 @@ impl WanTransformer {
         let cfg: WanTransformerConfig = dir.config()?;
         cfg.validate()?;
         let vb = dir.var_builder(dtype, device)?;
-        Self::new(&cfg, vb).map_err(|e| match e {
-            ModelError::Candle(err) => dir.weights_error(err),
-            other => other,
-        })
+        Self::new(&cfg, vb).map_err(|e| dir.weights_error(e))
     }
 
     /// Builds the model from any variable source whose paths are the diffusers keys.

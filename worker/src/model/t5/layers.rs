@@ -49,7 +49,9 @@ impl FeedForward {
         } else {
             (candle_nn::linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi"))?, None)
         };
-        let wo = candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?;
+        // transformers keeps `wo` in f32 whatever the model's dtype (`_keep_in_fp32_modules`): the
+        // gated FFN's output overflows f16 in umT5-XXL otherwise.
+        let wo = candle_nn::linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo").set_dtype(DType::F32))?;
         Ok(FeedForward { wi, wi_gate, wo, activation: kind.activation })
     }
 
@@ -65,7 +67,8 @@ impl FeedForward {
         if let Some(gate) = &self.wi_gate {
             hidden = (hidden * gate.forward(x)?)?;
         }
-        self.wo.forward(&hidden)
+        // In f32, like the reference's `wo`; the caller adds it to its f32 residual stream.
+        self.wo.forward(&hidden.to_dtype(DType::F32)?)
     }
 }
 

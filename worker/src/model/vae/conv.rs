@@ -205,7 +205,7 @@ impl Conv {
         let x = x.contiguous()?;
         let past = past.map(|p| p.contiguous()).transpose()?;
         let p = past.as_ref().map(|p| p.dim(2)).transpose()?.unwrap_or(0);
-        let (hout, wout) = g.out_hw(up * h, up * w);
+        let (hout, wout) = g.out_hw(up * h, up * w)?;
         let tout = g.out_frames(zeros + p + t);
         let per_item = g.cout * tout * hout * wout;
         let mut out = vec![0f32; b * per_item];
@@ -232,7 +232,7 @@ impl Conv {
             frames.extend((0..t).map(|ti| Some(Frame { data: &item[ti * h * w..], c_stride: t * h * w, up })));
             let out_item = &mut out[bi * per_item..(bi + 1) * per_item];
             let res_item = res_data.map(|r| &r[bi * per_item..(bi + 1) * per_item]);
-            cpu_conv::conv3d(g, taps, &frames, (up * h, up * w), out_item, res_item, self.tile_pixels);
+            cpu_conv::conv3d(g, taps, &frames, (up * h, up * w), out_item, res_item, self.tile_pixels)?;
         }
         Tensor::from_vec(out, (b, g.cout, tout, hout, wout), &Device::Cpu)
     }

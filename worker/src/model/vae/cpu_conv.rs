@@ -45,10 +45,15 @@ pub(crate) struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    /// The output's height and width, or an error when the padded input is smaller than the kernel
+    /// (a frame too small for the network: it would otherwise wrap around in release builds).
+    pub fn out_hw(&self, h: usize, w: usize) -> candle_core::Result<(usize, usize)> {
         let hp = self.pad[0] + h + self.pad[1];
         let wp = self.pad[2] + w + self.pad[3];
-        ((hp - self.kh) / self.stride_s + 1, (wp - self.kw) / self.stride_s + 1)
+        match (hp.checked_sub(self.kh), wp.checked_sub(self.kw)) {
+            (Some(dh), Some(dw)) => Ok((dh / self.stride_s + 1, dw / self.stride_s + 1)),
+            _ => candle_core::bail!("a {h}x{w} input is smaller than the {}x{} convolution kernel", self.kh, self.kw),
+        }
     }
 
     pub fn out_frames(&self, in_frames: usize) -> usize {
@@ -109,11 +114,16 @@ pub(crate) fn conv3d(
     out: &mut [f32],
     residual: Option<&[f32]>,
     tile_pixels: usize,
-) {
-    let (hout, wout) = g.out_hw(h, w);
+) -> candle_core::Result<()> {
+    let (hout, wout) = g.out_hw(h, w)?;
     let tout = g.out_frames(frames.len());
-    assert_eq!(out.len(), g.cout * tout * hout * wout, "conv3d: output buffer of the wrong size");
-    assert!(residual.is_none_or(|r| r.len() == out.len()), "conv3d: residual of the wrong size");
+    // The unsafe band writes rely on these sizes.
+    if Some(out.len()) != g.cout.checked_mul(tout).and_then(|n| n.checked_mul(hout)).and_then(|n| n.checked_mul(wout)) {
+        candle_core::bail!("conv3d: output buffer of {} values for [{}, {tout}, {hout}, {wout}]", out.len(), g.cout);
+    }
+    if residual.is_some_and(|r| r.len() != out.len()) {
+        candle_core::bail!("conv3d: residual of the wrong size");
+    }
     // Outputs are computed `wide` columns per row: the padded width when stride is 1, else `wout`.
     let wp = g.pad[2] + w + g.pad[3];
     let wide = if g.stride_s == 1 { wp } else { wout };
@@ -127,6 +137,7 @@ pub(crate) fn conv3d(
         let band = Band { t, y0, rows, h, w, hout, wout, tout, wp, wide };
         run_band(g, weights, frames, &band, scratch, out_ptr, residual);
     });
+    Ok(())
 }
 
 #[derive(Default)]

@@ -59,10 +59,7 @@ impl WanVae {
         let cfg: VaeConfig = dir.config()?;
         cfg.validate()?;
         let vb = dir.var_builder(dtype, device)?;
-        Self::new(cfg, vb).map_err(|e| match e {
-            ModelError::Candle(err) => dir.weights_error(err),
-            other => other,
-        })
+        Self::new(cfg, vb).map_err(|e| dir.weights_error(e))
     }
 
     /// Builds the VAE from any variable source whose names are diffusers' keys (`encoder.conv_in.weight`,
@@ -126,8 +123,9 @@ impl WanVae {
         if t == 0 || (t - 1) % ENCODE_CHUNK != 0 {
             return Err(ModelError::input("sample", format!("{t} frames; the encoder takes 1 + 4k frames")));
         }
-        if h == 0 || w == 0 {
-            return Err(ModelError::input("sample", format!("empty frames ({h}x{w})")));
+        let f = self.cfg.spatial_factor();
+        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+            return Err(ModelError::input("sample", format!("frames of {h}x{w}; the encoder takes multiples of {f}")));
         }
         let x = sample.to_device(&self.device)?.to_dtype(self.dtype)?;
         let mut cache = CausalCache::default();

@@ -1,6 +1,6 @@
 //! Unit tests of the VAE that need no reference fixtures: the CPU convolution kernel against candle's
 //! own `conv2d`, streaming against one-shot decoding, and error reporting for broken model folders.
-//! Agreement with diffusers is checked by `tests/reference_vae.rs`.
+//! Agreement with diffusers is checked by `tests/reference_components.rs`.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -92,7 +92,7 @@ fn cpu_conv_bands_and_threads_do_not_change_the_result() {
     let run = |threads, tile, residual| {
         let mut out = vec![0f32; g.cout * t * h * w];
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| cpu_conv::conv3d(&g, &taps, &frames, (h, w), &mut out, residual, tile));
+        pool.install(|| cpu_conv::conv3d(&g, &taps, &frames, (h, w), &mut out, residual, tile)).unwrap();
         out
     };
     let whole = run(1, 1 << 20, None);
