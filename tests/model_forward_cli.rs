@@ -75,20 +75,24 @@ fn forward_reproduces_every_reference_case() {
 #[test]
 fn reduced_precision_stays_close_to_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
-    let case = "transformer-2h-f5-h6w4";
-    let inputs = fixtures().join(format!("cases/{case}.in.safetensors"));
-    let want = candle_core::safetensors::load(fixtures().join(format!("cases/{case}.out.safetensors")), &Device::Cpu)
-        .unwrap()
-        .remove("sample")
-        .unwrap();
-    for (dtype, tolerance) in [("bf16", 5e-2), ("f16", 1e-2)] {
-        let output = tmp.path().join(format!("{dtype}.safetensors"));
-        let (ok, stderr) =
-            run_forward("transformer", &fixtures().join("pipeline/transformer"), &inputs, &output, dtype);
-        assert!(ok, "{dtype}: {stderr}");
-        let got = candle_core::safetensors::load(&output, &Device::Cpu).unwrap().remove("sample").unwrap();
-        let err = rel_err(&got, &want);
-        assert!(err <= tolerance, "{dtype}: relative error {err:e}");
+    let cases = [
+        ("transformer", "pipeline/transformer", "transformer-2h-f5-h6w4", "sample"),
+        ("vae-decode", "pipeline/vae", "vae-decode-f5", "sample"),
+        ("vae-encode", "pipeline/vae", "vae-encode-f5", "mean"),
+        ("text-encoder", "pipeline/text_encoder", "text-encoder-b2", "last_hidden_state"),
+    ];
+    for (component, model_dir, case, output_name) in cases {
+        let inputs = fixtures().join(format!("cases/{case}.in.safetensors"));
+        let expected = fixtures().join(format!("cases/{case}.out.safetensors"));
+        let want = candle_core::safetensors::load(expected, &Device::Cpu).unwrap().remove(output_name).unwrap();
+        for (dtype, tolerance) in [("bf16", 5e-2), ("f16", 1e-2)] {
+            let output = tmp.path().join(format!("{case}-{dtype}.safetensors"));
+            let (ok, stderr) = run_forward(component, &fixtures().join(model_dir), &inputs, &output, dtype);
+            assert!(ok, "{case} {dtype}: {stderr}");
+            let got = candle_core::safetensors::load(&output, &Device::Cpu).unwrap().remove(output_name).unwrap();
+            let err = rel_err(&got, &want);
+            assert!(err <= tolerance, "{case} {dtype}: relative error {err:e} > {tolerance:e}");
+        }
     }
 }
 

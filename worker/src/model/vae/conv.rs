@@ -86,9 +86,10 @@ impl Conv {
         let pointwise = g.kt == 1 && g.kh == 1 && g.kw == 1 && g.stride_s == 1 && g.stride_t == 1 && g.pad == [0; 4];
         let kernel = if pointwise {
             Kernel::Pointwise { w: w.reshape((g.cout, g.cin))?, b: b.reshape((g.cout, 1))? }
-        } else if imp == ConvImpl::Auto && w.device().is_cpu() && w.dtype() == DType::F32 {
-            let flat = w.flatten_all()?.to_vec1::<f32>()?;
-            Kernel::Cpu(TapWeights::new(g, &flat, b.to_vec1::<f32>()?))
+        } else if imp == ConvImpl::Auto && w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::BF16) {
+            // bf16 on CPU runs the f32 kernel on widened values: candle's CPU conv2d has no bf16 GEMM.
+            let flat = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            Kernel::Cpu(TapWeights::new(g, &flat, b.to_dtype(DType::F32)?.to_vec1::<f32>()?))
         } else {
             // [cout, cin, kt, kh, kw] -> [cout, kt, cin, kh, kw] -> [cout, kt*cin, kh, kw]
             let w = w.permute((0, 2, 1, 3, 4))?.reshape((g.cout, g.kt * g.cin, g.kh, g.kw))?.contiguous()?;
@@ -144,7 +145,14 @@ impl Conv {
                 let y = wm.broadcast_matmul(&x.reshape((b, c, t * h * w))?)?.broadcast_add(bias)?;
                 add(y.reshape((b, g.cout, t, h, w))?, residual)
             }
-            Kernel::Cpu(taps) => self.forward_cpu(taps, zeros, past, x, 1, residual),
+            Kernel::Cpu(taps) if x.dtype() == DType::F32 => self.forward_cpu(taps, zeros, past, x, 1, residual),
+            Kernel::Cpu(taps) => {
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+                let past = past.map(f32).transpose()?;
+                let residual = residual.map(f32).transpose()?;
+                let y = self.forward_cpu(taps, zeros, past.as_ref(), &f32(x)?, 1, residual.as_ref())?;
+                y.to_dtype(x.dtype())
+            }
             Kernel::Folded { w: wf, b: bias } => {
                 let mut parts = Vec::with_capacity(3);
                 if zeros > 0 {
@@ -179,7 +187,8 @@ impl Conv {
         let (b, c, t, h, w) = x.dims5()?;
         match &self.kernel {
             Kernel::Cpu(taps) if self.causal_pad == 0 && c == self.geom.cin => {
-                self.forward_cpu(taps, 0, None, x, 2, None)
+                let y = self.forward_cpu(taps, 0, None, &x.to_dtype(DType::F32)?, 2, None)?;
+                y.to_dtype(x.dtype())
             }
             _ => {
                 // [B, C, T, H, W] -> [B, C*T, H, W]: every (channel, frame) plane is upsampled on its own.
