@@ -157,10 +157,16 @@ impl PipelineDir {
 
     /// The folder of a component listed in `model_index.json`.
     pub fn component_path(&self, name: &str) -> Result<PathBuf> {
-        if !self.index.contains_key(name) {
+        // diffusers lists optional components it does not have as `[null, null]`.
+        let listed = match self.index.get(name) {
+            Some(serde_json::Value::Array(parts)) => parts.iter().any(|p| !p.is_null()),
+            Some(value) => !value.is_null(),
+            None => false,
+        };
+        if !listed {
             return Err(ModelError::InvalidFile {
                 path: self.path.join("model_index.json"),
-                msg: format!("no component `{name}` listed"),
+                msg: format!("no component `{name}` in this pipeline"),
             });
         }
         let dir = self.path.join(name);
