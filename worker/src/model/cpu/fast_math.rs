@@ -4,19 +4,76 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
 use rayon::prelude::*;
 
-/// The row's maximum.
+/// The row's maximum (the scores hold no NaN). Sixteen running maxima with a plain comparison, which
+/// vectorises; `f32::max`'s NaN rules keep a fold over it scalar.
 pub(crate) fn row_max(row: &[f32]) -> f32 {
-    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    match simd() {
+        // SAFETY: the features were detected by `simd()`.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { row_max_avx512(row) },
+        _ => row_max_generic(row),
+    }
 }
 
-/// `x ← e^(x − m)` over the row; returns the row's new sum. Compiled twice: for AVX2+FMA, chosen at run
-/// time where the CPU has them, and for the baseline.
-pub(crate) fn exp_shifted_in_place(row: &mut [f32], m: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { exp_shifted_avx2(row, m) };
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn row_max_avx512(row: &[f32]) -> f32 {
+    row_max_generic(row)
+}
+
+#[inline(always)]
+fn row_max_generic(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
     }
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// The widest vector unit this CPU has, detected once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    })
+}
+
+/// `x ← e^(x − m)` over the row; returns the row's new sum. Compiled three times (AVX-512, AVX2+FMA,
+/// baseline); the widest the CPU has is chosen at run time.
+pub(crate) fn exp_shifted_in_place(row: &mut [f32], m: f32) -> f32 {
+    match simd() {
+        // SAFETY: the features were detected by `simd()`.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { exp_shifted_avx512(row, m) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { exp_shifted_avx2(row, m) },
+        _ => exp_shifted_generic(row, m),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_shifted_avx512(row: &mut [f32], m: f32) -> f32 {
     exp_shifted_generic(row, m)
 }
 
@@ -28,9 +85,9 @@ unsafe fn exp_shifted_avx2(row: &mut [f32], m: f32) -> f32 {
 
 #[inline(always)]
 fn exp_shifted_generic(row: &mut [f32], m: f32) -> f32 {
-    // Eight partial sums so the loop vectorises (a single accumulator is a serial dependency).
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
+    // Sixteen partial sums so the loop vectorises (a single accumulator is a serial dependency).
+    let mut sums = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
     for chunk in &mut chunks {
         for (x, acc) in chunk.iter_mut().zip(sums.iter_mut()) {
             *x = fast_exp(*x - m);
@@ -55,11 +112,13 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     // Taylor coefficients 1/k! for k = 0..6.
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // The integer n sits in the low mantissa bits of `shifted`: 2^n without a float-to-int conversion.
+    let bits = (shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23;
     let e = p * f32::from_bits(bits);
     if xc <= -87.0 {
         0.0
@@ -92,11 +151,19 @@ impl CustomOp1 for FastGeluTanh {
 }
 
 fn gelu_slice(input: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { gelu_avx2(input, out) };
+    match simd() {
+        // SAFETY: the features were detected by `simd()`.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { gelu_avx512(input, out) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { gelu_avx2(input, out) },
+        _ => gelu_generic(input, out),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_avx512(input: &[f32], out: &mut [f32]) {
     gelu_generic(input, out)
 }
 

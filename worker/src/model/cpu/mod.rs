@@ -3,3 +3,4 @@
 
 pub(crate) mod attention;
 pub mod fast_math;
+pub(crate) mod linear;

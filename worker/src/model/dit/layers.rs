@@ -4,6 +4,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::model::cpu::linear::FusedLinear;
+
 /// `y = x·Wᵀ + b` over the last dimension. Leading dimensions are folded into one so that the product is
 /// a single large matmul rather than a batch of small ones.
 #[derive(Debug, Clone)]
@@ -34,10 +36,13 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims.last().copied().unwrap_or(0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if x.device().is_cpu() && x.dtype() == DType::F32 && rows > 0 => {
+                x2.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &b.contiguous()?, &FusedLinear)?
+            }
+            Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
