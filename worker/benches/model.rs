@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
+use patchwork_worker::model::attention::AttentionTiling;
 use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::random::RandomWeights;
 use patchwork_worker::model::vae::{VaeConfig, WanVae};
@@ -49,6 +50,12 @@ enum Case {
         /// Use the published 1.3B configuration (overrides every shape flag but `--layers`).
         #[arg(long)]
         preset_1_3b: bool,
+        /// Attention query tile (default: the model's).
+        #[arg(long)]
+        q_tile: Option<usize>,
+        /// Attention key tile (default: the model's).
+        #[arg(long)]
+        k_tile: Option<usize>,
     },
     /// Streaming VAE decode with the Wan2.1 config and random weights; frames are dropped as they come.
     VaeDecode {
@@ -62,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = Device::Cpu;
     match cli.case {
-        Case::Dit { heads, head_dim, layers, ffn, text_dim, latent, text_len, preset_1_3b } => {
+        Case::Dit { heads, head_dim, layers, ffn, text_dim, latent, text_len, preset_1_3b, q_tile, k_tile } => {
             let cfg = if preset_1_3b {
                 let preset = WanTransformerConfig::t2v_1_3b();
                 WanTransformerConfig { num_layers: layers.unwrap_or(preset.num_layers), ..preset }
@@ -77,7 +84,12 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let [f, h, w] = parse_grid(&latent)?;
-            let model = WanTransformer::new(&cfg, RandomWeights::var_builder(0, DType::F32, &device))?;
+            let mut model = WanTransformer::new(&cfg, RandomWeights::var_builder(0, DType::F32, &device))?;
+            let default = AttentionTiling::default();
+            model.set_attention_tiling(AttentionTiling {
+                q_tile: q_tile.unwrap_or(default.q_tile),
+                k_tile: k_tile.unwrap_or(default.k_tile),
+            });
             let x = Tensor::randn(0f32, 1.0, (1, 16, f, h, w), &device)?;
             let t = Tensor::new(&[500f32], &device)?;
             let ctx = Tensor::randn(0f32, 1.0, (1, text_len, cfg.text_dim), &device)?;
