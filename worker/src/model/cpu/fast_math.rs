@@ -36,13 +36,13 @@ fn row_max_generic(row: &[f32]) -> f32 {
 
 /// The widest vector unit this CPU has, detected once.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Simd {
+pub(crate) enum Simd {
     Avx512,
     Avx2,
     Baseline,
 }
 
-fn simd() -> Simd {
+pub(crate) fn simd() -> Simd {
     static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]

@@ -10,7 +10,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::par::{run_jobs, split, SharedMut};
-use crate::model::cpu::fast_math::fast_exp;
+use crate::model::cpu::fast_math::{fast_exp, simd, Simd};
 
 /// `F.normalize`'s floor on the norm.
 const EPS: f64 = 1e-12;
@@ -98,8 +98,9 @@ fn cpu_norm(x: &Tensor, gain: &[f32], silu: bool) -> Result<Tensor> {
 }
 
 /// Normalises pixels `r` of one item `[c, s]`: sums of squares over channels into `inv` (per pixel),
-/// then every channel row scaled (and activated) into `dst(c)`. Compiled twice, for AVX2+FMA (chosen
-/// at run time) and the baseline, so that the loops and [`fast_exp`] vectorise at full width.
+/// then every channel row scaled (and activated) into `dst(c)`. Compiled for AVX-512, AVX2+FMA and the
+/// baseline (the widest the CPU has is chosen at run time), so that the loops and [`fast_exp`] vectorise
+/// at full width.
 fn norm_range<'a>(
     item: &[f32],
     s: usize,
@@ -109,11 +110,27 @@ fn norm_range<'a>(
     inv: &mut Vec<f32>,
     dst: impl Fn(usize) -> &'a mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { norm_range_avx2(item, s, r, gain, silu, inv, dst) };
+    match simd() {
+        // SAFETY: the features were detected by `simd()`.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { norm_range_avx512(item, s, r, gain, silu, inv, dst) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { norm_range_avx2(item, s, r, gain, silu, inv, dst) },
+        _ => norm_range_generic(item, s, r, gain, silu, inv, dst),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn norm_range_avx512<'a>(
+    item: &[f32],
+    s: usize,
+    r: Range<usize>,
+    gain: &[f32],
+    silu: bool,
+    inv: &mut Vec<f32>,
+    dst: impl Fn(usize) -> &'a mut [f32],
+) {
     norm_range_generic(item, s, r, gain, silu, inv, dst)
 }
 
