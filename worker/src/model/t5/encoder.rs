@@ -185,18 +185,22 @@ mod tests {
         shapes.into_iter().map(|(name, shape)| Ok((name, Tensor::randn(0f32, 0.5, shape, &dev)?))).collect()
     }
 
-    #[test]
-    fn embedding_falls_back_to_encoder_embed_tokens_and_plain_ffn_loads() -> candle_core::Result<()> {
-        let cfg = UMT5Config {
+    /// One layer, three heads of two, inner dim 6 ≠ d_model 8.
+    fn tiny_config() -> UMT5Config {
+        UMT5Config {
             vocab_size: 10,
             d_model: 8,
             d_kv: 2,
             d_ff: 12,
             num_layers: 1,
             num_heads: 3,
-            feed_forward_proj: "relu".into(),
             ..UMT5Config::default()
-        };
+        }
+    }
+
+    #[test]
+    fn embedding_falls_back_to_encoder_embed_tokens_and_plain_ffn_loads() -> candle_core::Result<()> {
+        let cfg = UMT5Config { feed_forward_proj: "relu".into(), ..tiny_config() };
         let tensors = weights(&cfg, "encoder.embed_tokens.weight", false)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let encoder = UMT5Encoder::new(&cfg, vb)?;
@@ -214,15 +218,7 @@ mod tests {
 
     #[test]
     fn padding_does_not_change_the_real_tokens() -> candle_core::Result<()> {
-        let cfg = UMT5Config {
-            vocab_size: 10,
-            d_model: 8,
-            d_kv: 2,
-            d_ff: 12,
-            num_layers: 1,
-            num_heads: 3,
-            ..UMT5Config::default()
-        };
+        let cfg = tiny_config();
         let vb = VarBuilder::from_tensors(weights(&cfg, "shared.weight", true)?, DType::F32, &Device::Cpu);
         let encoder = UMT5Encoder::new(&cfg, vb)?;
         let run = |ids: &[u32], mask: &[u32]| -> candle_core::Result<Vec<Vec<f32>>> {
