@@ -1,4 +1,7 @@
 //! The patchwork worker: model code for Wan2.1 (diffusion transformer, VAE, umT5 text encoder and its
-//! tokenizer), and the pieces a worker process uses to evaluate it.
+//! tokenizer), the engine that evaluates windows and decodes chunks, and the gRPC service around it.
 
+pub mod engine;
 pub mod model;
+pub mod run;
+pub mod service;

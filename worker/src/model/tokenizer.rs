@@ -74,9 +74,22 @@ impl PromptTokenizer {
         if !path.is_file() {
             return Err(ModelError::MissingFile { path, what: "the tokenizer's tokenizer.json".into() });
         }
-        let mut tokenizer = Tokenizer::from_file(&path)
+        let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
-        let pad_token = match configured_pad_token(dir.as_ref())? {
+        let configured = configured_pad_token(dir.as_ref())?;
+        Self::from_tokenizer(tokenizer, path, configured)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json` (an embedded model's); `label` names it in errors.
+    pub fn from_json(json: &[u8], label: impl Into<PathBuf>) -> Result<Self> {
+        let path = label.into();
+        let tokenizer =
+            Tokenizer::from_bytes(json).map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        Self::from_tokenizer(tokenizer, path, None)
+    }
+
+    fn from_tokenizer(mut tokenizer: Tokenizer, path: PathBuf, configured_pad: Option<String>) -> Result<Self> {
+        let pad_token = match configured_pad {
             Some(token) => token,
             None => tokenizer.get_padding().map_or_else(|| "<pad>".to_string(), |p| p.pad_token.clone()),
         };

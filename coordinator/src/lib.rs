@@ -1,0 +1,13 @@
+//! The patchwork coordinator: the client API, the job store and queue, the worker pool, the per-job
+//! sampling loop over windows, chunked decoding and MP4 muxing.
+
+pub mod decode;
+pub mod dispatch;
+pub mod pool;
+pub mod runner;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod video;
+
+pub use server::{run, CoordinatorConfig, CoordinatorError};

@@ -1,0 +1,290 @@
+//! The workers the coordinator knows: their registrations, heartbeats, free slots and health. Work is
+//! handed out as [`Lease`]s: a slot on one worker, given back when the lease is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use patchwork_shared::model::ModelGeometry;
+use patchwork_shared::pb::{self, worker_service_client::WorkerServiceClient};
+use patchwork_shared::spec::FieldError;
+use tokio::sync::{watch, Notify};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::store::now_ms;
+
+/// Largest message between coordinator and worker.
+pub const MAX_WORKER_MESSAGE_BYTES: usize = 512 << 20;
+
+#[derive(Debug)]
+struct Entry {
+    address: String,
+    client: WorkerServiceClient<Channel>,
+    description: pb::WorkerDescription,
+    model: String,
+    capacity: usize,
+    in_flight: usize,
+    activity: HashMap<u64, String>,
+    last_seen: Instant,
+    last_seen_ms: u64,
+    unhealthy_until: Option<Instant>,
+    evaluations: u64,
+    failures: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    workers: HashMap<String, Entry>,
+    /// Models every coordinator knows plus those workers reported.
+    models: HashMap<String, ModelGeometry>,
+    next_id: u64,
+    next_lease: u64,
+}
+
+#[derive(Debug)]
+pub struct WorkerPool {
+    inner: Mutex<Inner>,
+    freed: Notify,
+    heartbeat: Duration,
+    /// Bumped on every change the cluster view shows.
+    pub changes: watch::Sender<u64>,
+}
+
+/// One slot on one worker, held while a request runs there.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<WorkerPool>,
+    pub worker_id: String,
+    pub client: WorkerServiceClient<Channel>,
+    key: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.release(&self.worker_id, self.key);
+    }
+}
+
+impl WorkerPool {
+    pub fn new(heartbeat: Duration) -> Arc<Self> {
+        let models = ModelGeometry::presets().into_iter().map(|g| (g.name.clone(), g)).collect();
+        Arc::new(Self {
+            inner: Mutex::new(Inner { models, ..Default::default() }),
+            freed: Notify::new(),
+            heartbeat,
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Adds a worker, replacing an earlier registration at the same address. Returns its new id.
+    pub fn register(&self, address: &str, description: pb::WorkerDescription) -> Result<String, FieldError> {
+        let geometry = ModelGeometry::try_from(
+            description.model.as_ref().ok_or_else(|| FieldError::new("description.model", "missing"))?,
+        )?;
+        if description.capacity == 0 {
+            return Err(FieldError::new("description.capacity", "must be positive"));
+        }
+        let endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| FieldError::new("address", format!("{address:?} is not a URI: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let client = WorkerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_WORKER_MESSAGE_BYTES);
+        let mut inner = self.lock();
+        inner.workers.retain(|_, e| e.address != address);
+        inner.next_id += 1;
+        let id = format!("w{}", inner.next_id);
+        inner.models.insert(geometry.name.clone(), geometry.clone());
+        let entry = Entry {
+            address: address.to_string(),
+            client,
+            model: geometry.name,
+            capacity: description.capacity as usize,
+            description,
+            in_flight: 0,
+            activity: HashMap::new(),
+            last_seen: Instant::now(),
+            last_seen_ms: now_ms(),
+            unhealthy_until: None,
+            evaluations: 0,
+            failures: 0,
+        };
+        inner.workers.insert(id.clone(), entry);
+        drop(inner);
+        tracing::info!(worker = %id, %address, "worker registered");
+        self.freed.notify_waiters();
+        self.changed();
+        Ok(id)
+    }
+
+    /// Records a heartbeat; false for an id the pool does not know (the worker must register again).
+    pub fn heartbeat(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.workers.get_mut(id) else { return false };
+        entry.last_seen = Instant::now();
+        entry.last_seen_ms = now_ms();
+        true
+    }
+
+    /// Drops workers silent for three heartbeat intervals.
+    pub fn reap(&self) {
+        let limit = self.heartbeat * 3;
+        let mut inner = self.lock();
+        let before = inner.workers.len();
+        inner.workers.retain(|id, e| {
+            let alive = e.last_seen.elapsed() <= limit;
+            if !alive {
+                tracing::warn!(worker = %id, address = %e.address, "worker missed its heartbeats; dropped");
+            }
+            alive
+        });
+        let changed = inner.workers.len() != before;
+        drop(inner);
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// The geometry of a model the cluster knows.
+    pub fn model(&self, name: &str) -> Option<ModelGeometry> {
+        self.lock().models.get(name).cloned()
+    }
+
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().models.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// A free slot on a healthy worker serving `model`, waiting for one. Workers in `avoid` (those that
+    /// failed this piece of work) are used only when no other worker serves the model.
+    pub async fn acquire(self: &Arc<Self>, model: &str, avoid: &[String], activity: &str) -> Lease {
+        loop {
+            let notified = self.freed.notified();
+            if let Some(lease) = self.try_acquire(model, avoid, activity) {
+                return lease;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, model: &str, avoid: &[String], activity: &str) -> Option<Lease> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let serving: Vec<&String> = inner.workers.iter().filter(|(_, e)| e.model == model).map(|(id, _)| id).collect();
+        let others_exist = serving.iter().any(|id| !avoid.contains(id));
+        let best = inner
+            .workers
+            .iter()
+            .filter(|(id, e)| {
+                e.model == model
+                    && e.in_flight < e.capacity
+                    && e.unhealthy_until.is_none_or(|t| t <= now)
+                    && !(others_exist && avoid.contains(id))
+            })
+            // Least loaded first; the id breaks ties so that the choice does not depend on hashing.
+            .min_by(|(a_id, a), (b_id, b)| {
+                (a.in_flight * b.capacity).cmp(&(b.in_flight * a.capacity)).then_with(|| a_id.cmp(b_id))
+            })
+            .map(|(id, _)| id.clone())?;
+        inner.next_lease += 1;
+        let key = inner.next_lease;
+        let entry = inner.workers.get_mut(&best)?;
+        entry.in_flight += 1;
+        entry.activity.insert(key, activity.to_string());
+        let client = entry.client.clone();
+        drop(inner);
+        self.changed();
+        Some(Lease { pool: self.clone(), worker_id: best, client, key })
+    }
+
+    fn release(&self, id: &str, key: u64) {
+        if let Some(entry) = self.lock().workers.get_mut(id) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.activity.remove(&key);
+        }
+        self.freed.notify_waiters();
+        self.changed();
+    }
+
+    /// Counts a finished evaluation.
+    pub fn succeeded(&self, id: &str) {
+        if let Some(entry) = self.lock().workers.get_mut(id) {
+            entry.evaluations += 1;
+            entry.unhealthy_until = None;
+        }
+    }
+
+    /// Counts a failed evaluation and rests the worker for two heartbeat intervals.
+    pub fn failed(&self, id: &str) {
+        if let Some(entry) = self.lock().workers.get_mut(id) {
+            entry.failures += 1;
+            entry.unhealthy_until = Some(Instant::now() + self.heartbeat * 2);
+        }
+        self.changed();
+    }
+
+    /// The cluster's workers and models as the API shows them.
+    pub fn snapshot(&self) -> (Vec<pb::Worker>, Vec<pb::Model>) {
+        let inner = self.lock();
+        let now = Instant::now();
+        let mut workers: Vec<pb::Worker> = inner
+            .workers
+            .iter()
+            .map(|(id, e)| {
+                let status = if e.unhealthy_until.is_some_and(|t| t > now) {
+                    pb::WorkerStatus::Unhealthy
+                } else if e.in_flight > 0 {
+                    pb::WorkerStatus::Busy
+                } else {
+                    pb::WorkerStatus::Idle
+                };
+                let mut activity: Vec<(u64, String)> = e.activity.iter().map(|(k, v)| (*k, v.clone())).collect();
+                activity.sort();
+                pb::Worker {
+                    id: id.clone(),
+                    address: e.address.clone(),
+                    model: e.model.clone(),
+                    devices: e.description.devices.clone(),
+                    groups: e.description.groups.clone(),
+                    status: status as i32,
+                    capacity: e.capacity as u32,
+                    in_flight: e.in_flight as u32,
+                    activity: activity.into_iter().map(|(_, a)| a).collect(),
+                    last_seen_ms: e.last_seen_ms,
+                    evaluations: e.evaluations,
+                    failures: e.failures,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut models: Vec<pb::Model> = inner
+            .models
+            .values()
+            .map(|g| pb::Model {
+                name: g.name.clone(),
+                native_frames: g.native_frames as u32,
+                native_width: g.native_width as u32,
+                native_height: g.native_height as u32,
+            })
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        (workers, models)
+    }
+}

@@ -1,0 +1,318 @@
+//! One job from start to finish: plan the windows, draw the noise, run every denoising step over all
+//! windows (dispatch, fuse, sampler step), decode the latent in chunks, mux the MP4 and store it.
+//! The coordinator owns the latent and the sampler; workers only evaluate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use futures::future::try_join_all;
+use patchwork_shared::model::ModelGeometry;
+use patchwork_shared::noise::gaussian_noise;
+use patchwork_shared::pb;
+use patchwork_shared::sampler::{FlowSampler, Sampler};
+use patchwork_shared::spec::JobSpec;
+use patchwork_shared::windows::{extract, plan_windows, Fusion, LatentShape, PlanRequest, Span, WindowBox, WindowPlan};
+use patchwork_shared::wire;
+
+use crate::decode::{plan_chunks, Chunk};
+use crate::dispatch::{check_fence, Dispatcher};
+use crate::store::{Claimed, JobStore};
+use crate::video::{encode_mp4, RgbFrame};
+
+/// What every job runner shares.
+#[derive(Debug)]
+pub struct JobContext {
+    pub store: Arc<JobStore>,
+    pub dispatcher: Dispatcher,
+    pub data_dir: PathBuf,
+    /// Latent frames each decode chunk produces, and the latent frames of causal context before it.
+    pub decode_chunk: usize,
+    pub decode_context: usize,
+}
+
+enum Outcome {
+    Done(PathBuf, u64),
+    Cancelled,
+}
+
+/// Runs a claimed job to its end and records how it ended.
+pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
+    tracing::info!(job = %job.id, spec = %job.spec, "job started");
+    let result = render(&ctx, &job).await;
+    match result {
+        Ok(Outcome::Done(path, bytes)) => {
+            tracing::info!(job = %job.id, path = %path.display(), bytes, "job done");
+            ctx.store.finish(&job.id, pb::JobState::Done, None, Some((path, bytes)));
+        }
+        Ok(Outcome::Cancelled) => {
+            tracing::info!(job = %job.id, "job cancelled");
+            ctx.store.finish(&job.id, pb::JobState::Cancelled, None, None);
+        }
+        Err(error) => {
+            tracing::error!(job = %job.id, %error, "job failed");
+            ctx.store.finish(&job.id, pb::JobState::Failed, Some(error), None);
+        }
+    }
+}
+
+/// The latent grid of a spec and the windows over it.
+pub fn plan(spec: &JobSpec, g: &ModelGeometry) -> Result<WindowPlan, String> {
+    let shape = LatentShape {
+        channels: g.latent_channels,
+        frames: g.latent_frames(spec.frames),
+        height: spec.height / g.spatial_factor,
+        width: spec.width / g.spatial_factor,
+    };
+    let native = [g.native_height / g.spatial_factor, g.native_width / g.spatial_factor];
+    // Spatial tiles share a quarter of the native tile, in whole patches.
+    let tile_overlap = |n: usize, patch: usize| (n / 4) / patch * patch;
+    let request = PlanRequest {
+        shape,
+        window: [g.latent_frames(spec.window_frames), native[0], native[1]],
+        overlap: [spec.overlap_frames / g.temporal_factor, tile_overlap(native[0], g.patch[1]), tile_overlap(native[1], g.patch[2])],
+        align: g.patch,
+    };
+    plan_windows(&request).map_err(|e| format!("planning windows: {e}"))
+}
+
+/// The prompt segment of a window: the one covering its middle frame.
+fn segment_of(spec: &JobSpec, g: &ModelGeometry, frames: Span) -> usize {
+    let middle = (frames.start + frames.end - 1) / 2;
+    spec.segment_at(middle * g.temporal_factor)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("internal task failed: {e}"))?
+}
+
+async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
+    let spec = job.spec.clone();
+    let g = ctx
+        .dispatcher
+        .pool
+        .model(&spec.model)
+        .ok_or_else(|| format!("model {:?} is no longer known", spec.model))?;
+    let plan = Arc::new(plan(&spec, &g)?);
+    let shape = plan.shape;
+    let segments: Vec<usize> = plan.windows.iter().map(|w| segment_of(&spec, &g, w.bbox.frames)).collect();
+    ctx.store.update(&job.id, |j| {
+        let progress = j.progress.get_or_insert_with(Default::default);
+        progress.windows = plan
+            .windows
+            .iter()
+            .map(|w| pb::WindowProgress {
+                index: w.index as u32,
+                frame_start: w.bbox.frames.start as u32,
+                frame_end: w.bbox.frames.end as u32,
+                row_start: w.bbox.rows.start as u32,
+                row_end: w.bbox.rows.end as u32,
+                col_start: w.bbox.cols.start as u32,
+                col_end: w.bbox.cols.end as u32,
+                segment: segments[w.index] as u32,
+                ..Default::default()
+            })
+            .collect();
+    });
+    let (fusion, mut latent) = {
+        let plan = plan.clone();
+        let seed = spec.seed;
+        blocking(move || Ok((Arc::new(Fusion::new(&plan)), gaussian_noise(seed, shape.len())))).await?
+    };
+    let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
+    for step in 0..spec.steps {
+        if job.cancel.is_cancelled() {
+            return Ok(Outcome::Cancelled);
+        }
+        let timestep = sampler.current_timestep().ok_or("sampler finished early")? as f32;
+        let latent_now = Arc::new(latent);
+        let evaluations = plan.windows.iter().map(|window| {
+            let (latent_now, spec, ctx) = (latent_now.clone(), spec.clone(), ctx);
+            let bbox = window.bbox;
+            let index = window.index;
+            let prompt = spec.segments[segments[index]].prompt.clone();
+            async move {
+                let slice = blocking(move || Ok(extract(&latent_now, shape, &bbox))).await?;
+                let dims = bbox.latent_shape(shape.channels).dims();
+                let request = pb::DenoiseRequest {
+                    fence: None,
+                    latent: Some(wire::f32_tensor(&dims, &slice)),
+                    timestep,
+                    prompt,
+                    negative_prompt: spec.negative_prompt.clone(),
+                    guidance_scale: spec.guidance_scale as f32,
+                };
+                let fence = pb::Fence { term: 0, job_id: job.id.clone(), step: step as u32, window: index as u32, attempt: 0 };
+                let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
+                let output = ctx
+                    .dispatcher
+                    .run(
+                        &spec.model,
+                        &what,
+                        fence,
+                        |worker, attempt| {
+                            ctx.store.update(&job.id, |j| {
+                                if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
+                                    w.worker = worker.to_string();
+                                    w.retries = attempt;
+                                }
+                            })
+                        },
+                        |mut client, fence| {
+                            let mut request = request.clone();
+                            request.fence = Some(fence);
+                            async move { client.denoise(request).await }
+                        },
+                        |fence, response: pb::DenoiseResponse| {
+                            check_fence(fence, response.fence.as_ref())?;
+                            let (_, values) =
+                                wire::read_f32("output", response.output.as_ref(), Some(&dims)).map_err(|e| e.to_string())?;
+                            Ok(values)
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ctx.store.update(&job.id, |j| {
+                    if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
+                        w.steps_done = step as u32 + 1;
+                        w.worker.clear();
+                    }
+                });
+                Ok::<_, String>(output)
+            }
+        });
+        let outputs = tokio::select! {
+            outputs = try_join_all(evaluations) => outputs?,
+            _ = job.cancel.cancelled() => return Ok(Outcome::Cancelled),
+        };
+        let fusion = fusion.clone();
+        let latent_prev = latent_now.clone();
+        let (next, sampler_after) = blocking(move || {
+            let refs: Vec<&[f32]> = outputs.iter().map(Vec::as_slice).collect();
+            let velocity = fusion.fuse(&refs).map_err(|e| e.to_string())?;
+            let dims = shape.dims();
+            let v = Tensor::from_vec(velocity, dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
+            let x = Tensor::from_slice(latent_prev.as_slice(), dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
+            let next = sampler.step(&v, &x).map_err(|e| e.to_string())?;
+            let values = next.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
+            Ok((values, sampler))
+        })
+        .await?;
+        latent = next;
+        sampler = sampler_after;
+        ctx.store.update(&job.id, |j| {
+            j.state = pb::JobState::Denoising as i32;
+            if let Some(p) = j.progress.as_mut() {
+                p.step = step as u32 + 1;
+            }
+        });
+    }
+    if job.cancel.is_cancelled() {
+        return Ok(Outcome::Cancelled);
+    }
+    decode_and_store(ctx, job, &spec, &g, shape, latent).await
+}
+
+async fn decode_and_store(
+    ctx: &JobContext,
+    job: &Claimed,
+    spec: &Arc<JobSpec>,
+    g: &ModelGeometry,
+    shape: LatentShape,
+    latent: Vec<f32>,
+) -> Result<Outcome, String> {
+    let chunks = plan_chunks(shape.frames, ctx.decode_chunk, ctx.decode_context);
+    ctx.store.update(&job.id, |j| {
+        j.state = pb::JobState::Decoding as i32;
+        if let Some(p) = j.progress.as_mut() {
+            p.decode_chunks = chunks.len() as u32;
+        }
+    });
+    let latent = Arc::new(latent);
+    let (width, height) = (spec.width, spec.height);
+    let chunk_count = chunks.len();
+    let decodes = chunks.into_iter().enumerate().map(|(index, chunk): (usize, Chunk)| {
+        let latent = latent.clone();
+        async move {
+            let bbox = WindowBox {
+                frames: Span::new(chunk.start - chunk.context, chunk.end),
+                rows: Span::new(0, shape.height),
+                cols: Span::new(0, shape.width),
+            };
+            let slice = blocking(move || Ok(extract(&latent, shape, &bbox))).await?;
+            let dims = bbox.latent_shape(shape.channels).dims();
+            let frames_out = if chunk.start == 0 {
+                g.video_frames(chunk.end)
+            } else {
+                (chunk.end - chunk.start) * g.temporal_factor
+            };
+            let expected = [frames_out, height, width, 3];
+            let request = pb::DecodeRequest {
+                fence: None,
+                latent: Some(wire::f32_tensor(&dims, &slice)),
+                context_frames: chunk.context as u32,
+            };
+            let fence = pb::Fence { term: 0, job_id: job.id.clone(), step: spec.steps as u32, window: index as u32, attempt: 0 };
+            let what = format!("job {} decode chunk {}/{}", job.id, index + 1, chunk_count);
+            let frames = ctx
+                .dispatcher
+                .run(
+                    &spec.model,
+                    &what,
+                    fence,
+                    |_, _| {},
+                    |mut client, fence| {
+                        let mut request = request.clone();
+                        request.fence = Some(fence);
+                        async move { client.decode(request).await }
+                    },
+                    |fence, response: pb::DecodeResponse| {
+                        check_fence(fence, response.fence.as_ref())?;
+                        let (_, data) = wire::read_u8("frames", response.frames, Some(&expected)).map_err(|e| e.to_string())?;
+                        Ok(data)
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            ctx.store.update(&job.id, |j| {
+                if let Some(p) = j.progress.as_mut() {
+                    p.decoded_chunks += 1;
+                }
+            });
+            Ok::<_, String>(frames)
+        }
+    });
+    let chunk_frames = tokio::select! {
+        frames = try_join_all(decodes) => frames?,
+        _ = job.cancel.cancelled() => return Ok(Outcome::Cancelled),
+    };
+    let fps = spec.fps as u32;
+    let mp4 = blocking(move || {
+        let frame_bytes = width * height * 3;
+        let frames: Vec<RgbFrame> = chunk_frames
+            .iter()
+            .flat_map(|chunk| chunk.chunks_exact(frame_bytes))
+            .map(|data| RgbFrame { width: width as u32, height: height as u32, data: data.to_vec() })
+            .collect();
+        encode_mp4(&frames, fps).map_err(|e| format!("writing the MP4: {e}"))
+    })
+    .await?;
+    let dir = ctx.data_dir.join("videos");
+    let path = dir.join(format!("{}.mp4", job.id));
+    let bytes = mp4.len() as u64;
+    write_atomically(dir, path.clone(), mp4).await?;
+    Ok(Outcome::Done(path, bytes))
+}
+
+/// Writes to a temporary file, syncs it and renames it into place, so a reader never sees half a video.
+async fn write_atomically(dir: PathBuf, path: PathBuf, data: Vec<u8>) -> Result<(), String> {
+    blocking(move || {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tmp = path.with_extension("mp4.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        file.write_all(&data).and_then(|_| file.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .await
+}

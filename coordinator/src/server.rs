@@ -1,0 +1,146 @@
+//! A coordinator process: the client API and the worker registry on one listener, the scheduler that
+//! starts queued jobs, and the reaper that drops silent workers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use patchwork_shared::pb::render_service_server::RenderServiceServer;
+use patchwork_shared::pb::worker_registry_server::WorkerRegistryServer;
+use patchwork_shared::pb::FILE_DESCRIPTOR_SET;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::pool::WorkerPool;
+use crate::runner::{run_job, JobContext};
+use crate::service::{RenderApi, RegistryService};
+use crate::store::JobStore;
+
+/// Largest client message the transport accepts; SubmitJob has its own, smaller limit that is answered
+/// with INVALID_ARGUMENT.
+const MAX_CLIENT_MESSAGE_BYTES: usize = 16 << 20;
+
+/// How a coordinator runs, from its flags.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Where finished videos are written (`videos/<job>.mp4`).
+    pub data_dir: PathBuf,
+    /// Most jobs waiting in the queue; more are refused with RESOURCE_EXHAUSTED.
+    pub queue_limit: usize,
+    /// Jobs sampled at the same time; the rest wait in the queue.
+    pub max_running_jobs: usize,
+    /// How often workers heartbeat; a worker silent for three intervals is dropped.
+    pub heartbeat: Duration,
+    /// Longest one evaluation may take before it is retried elsewhere.
+    pub eval_timeout: Duration,
+    /// Attempts per window step or decode chunk before the job fails.
+    pub max_attempts: u32,
+    /// Latent frames per decode chunk, and latent frames of causal context before each.
+    pub decode_chunk: usize,
+    pub decode_context: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("patchwork-data"),
+            queue_limit: 1000,
+            max_running_jobs: 4,
+            heartbeat: Duration::from_secs(2),
+            eval_timeout: Duration::from_secs(600),
+            max_attempts: 5,
+            decode_chunk: 4,
+            decode_context: 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves on `listener` until `shutdown` is cancelled.
+pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| CoordinatorError::DataDir { path: config.data_dir.clone(), source })?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        "coordinator starting with the in-memory job store (single machine; jobs do not survive a restart)"
+    );
+    let store = JobStore::new(config.queue_limit);
+    let pool = WorkerPool::new(config.heartbeat);
+    let context = Arc::new(JobContext {
+        store: store.clone(),
+        dispatcher: Dispatcher { pool: pool.clone(), timeout: config.eval_timeout, max_attempts: config.max_attempts },
+        data_dir: config.data_dir.clone(),
+        decode_chunk: config.decode_chunk,
+        decode_context: config.decode_context,
+    });
+    let scheduler = tokio::spawn(schedule(context, config.max_running_jobs, shutdown.clone()));
+    let reaper = tokio::spawn(reap(pool.clone(), shutdown.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RenderServiceServer<RenderApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let render = RenderServiceServer::new(RenderApi::new(store, pool.clone()))
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
+    let registry = WorkerRegistryServer::new(RegistryService { pool });
+    tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "coordinator listening");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(render)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    scheduler.abort();
+    reaper.abort();
+    Ok(result?)
+}
+
+/// Starts queued jobs, highest priority first, while fewer than `max_running` run.
+async fn schedule(context: Arc<JobContext>, max_running: usize, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(max_running.max(1)));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let job = loop {
+            let queued = context.store.queued.notified();
+            if let Some(job) = context.store.claim_next() {
+                break job;
+            }
+            tokio::select! {
+                _ = queued => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            run_job(context, job).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn reap(pool: Arc<WorkerPool>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(pool.heartbeat_interval());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.reap(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! A worker process: serve the model on a listener and keep registered with the coordinator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use patchwork_shared::pb::worker_registry_client::WorkerRegistryClient;
+use patchwork_shared::pb::{self, worker_service_server::WorkerServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::engine::Evaluator;
+use crate::service::WorkerService;
+
+/// Largest message between coordinator and worker: a window's latent or a chunk's frames.
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+/// How a worker runs, from its flags.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's address, "http://host:port".
+    pub coordinator: String,
+    /// The address the coordinator should use for this worker; default the listener's own.
+    pub advertise: Option<String>,
+    /// Evaluations at once.
+    pub capacity: usize,
+    /// Device names to report.
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("coordinator address {address:?}: {source}")]
+    Coordinator { address: String, source: tonic::transport::Error },
+}
+
+/// Serves `evaluator` on `listener` and registers with the coordinator until `shutdown` is cancelled.
+pub async fn run(
+    config: WorkerConfig,
+    evaluator: Arc<dyn Evaluator>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let local = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        // A wildcard listener is reached through loopback unless told otherwise (`--advertise`).
+        let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+        format!("http://{host}:{}", local.port())
+    });
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|source| WorkerError::Coordinator { address: config.coordinator.clone(), source })?
+        .connect_timeout(Duration::from_secs(5));
+    let service = WorkerService::new(evaluator, config.capacity.max(1), config.devices.clone());
+    let register = pb::RegisterRequest { address: advertise.clone(), description: Some(service.description().clone()) };
+    tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
+    let heartbeat = tokio::spawn(keep_registered(endpoint.connect_lazy(), register, shutdown.clone()));
+    let server = WorkerServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    heartbeat.abort();
+    Ok(result?)
+}
+
+/// Registers, then heartbeats at the interval the coordinator asks for; registers again whenever the
+/// coordinator has forgotten this worker or cannot be reached.
+async fn keep_registered(channel: Channel, request: pb::RegisterRequest, shutdown: CancellationToken) {
+    let mut client = WorkerRegistryClient::new(channel);
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let registered = match client.register(request.clone()).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(%status, "registering with the coordinator failed; retrying");
+                sleep_or_stop(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(worker_id = %registered.worker_id, "registered");
+        let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(50, 60_000));
+        loop {
+            if sleep_or_stop(interval, &shutdown).await {
+                return;
+            }
+            let beat = pb::HeartbeatRequest { worker_id: registered.worker_id.clone() };
+            if let Err(status) = client.heartbeat(beat).await {
+                tracing::warn!(%status, "heartbeat failed; registering again");
+                break;
+            }
+        }
+    }
+}
+
+/// Sleeps; true when shutdown came first.
+async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}

@@ -1,0 +1,131 @@
+//! The worker's gRPC service: checks each request, runs the model on the blocking pool, and refuses work
+//! beyond its capacity (RESOURCE_EXHAUSTED) so that the coordinator, not a hidden queue here, decides
+//! where work waits.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use patchwork_shared::pb::{self, worker_service_server};
+use patchwork_shared::wire;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{DecodeInput, DenoiseInput, Evaluator};
+use crate::model::ModelError;
+
+/// Serves one evaluator with `capacity` evaluations at a time.
+pub struct WorkerService {
+    evaluator: Arc<dyn Evaluator>,
+    slots: Arc<Semaphore>,
+    description: pb::WorkerDescription,
+    evaluations: AtomicU64,
+}
+
+impl WorkerService {
+    pub fn new(evaluator: Arc<dyn Evaluator>, capacity: usize, devices: Vec<String>) -> Self {
+        let description = pb::WorkerDescription {
+            model: Some(pb::ModelInfo::from(evaluator.geometry())),
+            capacity: capacity as u32,
+            devices: devices.iter().map(|name| pb::Device { name: name.clone() }).collect(),
+            groups: (0..capacity)
+                .map(|index| pb::ShardGroup { index: index as u32, devices: devices.clone() })
+                .collect(),
+        };
+        Self { evaluator, slots: Arc::new(Semaphore::new(capacity)), description, evaluations: AtomicU64::new(0) }
+    }
+
+    pub fn description(&self) -> &pb::WorkerDescription {
+        &self.description
+    }
+
+    fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("worker at capacity ({} evaluations)", self.description.capacity))
+        })
+    }
+
+    /// Reads a latent of the model's channel count whose sizes are whole patches.
+    fn latent(&self, tensor: Option<&pb::Tensor>) -> Result<([usize; 4], Vec<f32>), Status> {
+        let (shape, values) = wire::read_f32("latent", tensor, None).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let g = self.evaluator.geometry();
+        let dims: [usize; 4] = shape
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument(format!("latent: shape {shape:?} is not [C, F, H, W]")))?;
+        if dims[0] != g.latent_channels || dims[1] == 0 || dims[2] == 0 || dims[3] == 0 {
+            return Err(Status::invalid_argument(format!(
+                "latent: shape {dims:?} needs {} channels and nonzero sizes",
+                g.latent_channels
+            )));
+        }
+        if dims[2] % g.patch[1] != 0 || dims[3] % g.patch[2] != 0 {
+            return Err(Status::invalid_argument(format!("latent: {}x{} is not whole patches", dims[2], dims[3])));
+        }
+        Ok((dims, values))
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Evaluator) -> Result<T, ModelError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let evaluator = self.evaluator.clone();
+        let result = tokio::task::spawn_blocking(move || work(evaluator.as_ref()))
+            .await
+            .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))?;
+        self.evaluations.fetch_add(1, Ordering::Relaxed);
+        result.map_err(|e| match e {
+            ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "evaluation failed");
+                Status::internal(other.to_string())
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl worker_service_server::WorkerService for WorkerService {
+    async fn describe(&self, _: Request<pb::DescribeRequest>) -> Result<Response<pb::WorkerDescription>, Status> {
+        Ok(Response::new(self.description.clone()))
+    }
+
+    async fn denoise(&self, request: Request<pb::DenoiseRequest>) -> Result<Response<pb::DenoiseResponse>, Status> {
+        let _slot = self.slot()?;
+        let req = request.into_inner();
+        let (shape, latent) = self.latent(req.latent.as_ref())?;
+        if !req.timestep.is_finite() || !req.guidance_scale.is_finite() {
+            return Err(Status::invalid_argument("timestep and guidance_scale must be finite"));
+        }
+        let input = DenoiseInput {
+            shape,
+            latent,
+            timestep: req.timestep,
+            prompt: req.prompt,
+            negative_prompt: req.negative_prompt,
+            guidance_scale: req.guidance_scale,
+        };
+        tracing::debug!(fence = ?req.fence, ?shape, "denoise");
+        let output = self.run(move |e| e.denoise(&input)).await?;
+        Ok(Response::new(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) }))
+    }
+
+    async fn decode(&self, request: Request<pb::DecodeRequest>) -> Result<Response<pb::DecodeResponse>, Status> {
+        let _slot = self.slot()?;
+        let req = request.into_inner();
+        let (shape, latent) = self.latent(req.latent.as_ref())?;
+        let context_frames = req.context_frames as usize;
+        if context_frames >= shape[1] {
+            return Err(Status::invalid_argument(format!(
+                "context_frames: {context_frames} leaves none of the chunk's {} frames",
+                shape[1]
+            )));
+        }
+        let input = DecodeInput { shape, latent, context_frames };
+        tracing::debug!(fence = ?req.fence, ?shape, "decode");
+        let frames = self.run(move |e| e.decode(&input)).await?;
+        Ok(Response::new(pb::DecodeResponse {
+            fence: req.fence,
+            frames: Some(wire::u8_tensor(&frames.shape, frames.data)),
+        }))
+    }
+}
