@@ -1,11 +1,18 @@
 //! The `patchwork` command line: thin clap front-ends over the library crates.
 
+mod cli;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use patchwork_shared::pb;
 
+use cli::client::{connect, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs};
+use cli::render::RenderArgs;
+use cli::serve::{CoordinatorArgs, WorkerArgs};
+use cli::spec::SpecArgs;
 use patchwork_worker::model::forward::{parse_dtype, run_component, Component};
 
 #[derive(Debug, Parser)]
@@ -17,9 +24,72 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Render one video on this machine: an in-process coordinator and worker, the same code as a cluster.
+    Render(Box<RenderArgs>),
+    /// Run a coordinator: the client API, the job queue and the worker registry.
+    Coordinator(CoordinatorArgs),
+    /// Run a worker: load a model and evaluate windows for a coordinator.
+    Worker(Box<WorkerArgs>),
+    /// Submit a job and print its id.
+    Submit(SubmitArgs),
+    /// Follow a job with a progress bar until it ends.
+    Watch(JobArgs),
+    /// Cancel a job (a running one stops at its next step boundary).
+    Cancel(JobArgs),
+    /// List jobs.
+    Jobs(JobsArgs),
+    /// Show the cluster: workers, their models, slots and what they are doing.
+    Status(ClientArgs),
+    /// Download a finished job's MP4.
+    Fetch(FetchArgs),
     /// Work with a model directly, outside the farm.
     #[command(subcommand)]
     Model(ModelCommand),
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// A model the cluster serves [default: the coordinator's default].
+    #[arg(long, default_value = "")]
+    model: String,
+    /// Makes the submission idempotent: the same id returns the same job.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// Follow the job with a progress bar until it ends.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Debug, Args)]
+struct JobArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    job_id: String,
+}
+
+#[derive(Debug, Args)]
+struct JobsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only jobs in this state (queued, encoding-prompts, denoising, decoding, done, failed, cancelled).
+    #[arg(long)]
+    state: Vec<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    job_id: String,
+    /// Where to write the MP4.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,11 +120,19 @@ struct ForwardArgs {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
         Command::Model(ModelCommand::Forward(args)) => model_forward(args),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|runtime| runtime.block_on(run(command))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -64,6 +142,91 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Render(args) => cli::render::render(*args).await,
+        Command::Coordinator(args) => cli::serve::coordinator(args).await,
+        Command::Worker(args) => cli::serve::worker(*args).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Watch(args) => {
+            let mut client = connect(&args.client.coordinator).await?;
+            let job = follow(&mut client, &args.job_id, true).await?;
+            println!("{} {}{}", job.id, state_name(job.state), failure(&job));
+            Ok(())
+        }
+        Command::Cancel(args) => {
+            let mut client = connect(&args.client.coordinator).await?;
+            let job = client
+                .cancel_job(pb::CancelJobRequest { job_id: args.job_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{} {}", job.id, state_name(job.state));
+            Ok(())
+        }
+        Command::Jobs(args) => {
+            let states = args.state.iter().map(|s| parse_state(s)).collect::<anyhow::Result<Vec<i32>>>()?;
+            let mut client = connect(&args.client.coordinator).await?;
+            let jobs = client
+                .list_jobs(pb::ListJobsRequest { states, page_size: args.limit, page_token: String::new() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_jobs(&jobs.jobs);
+            Ok(())
+        }
+        Command::Status(args) => {
+            let mut client = connect(&args.coordinator).await?;
+            let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?;
+            print_cluster(&state.into_inner());
+            Ok(())
+        }
+        Command::Fetch(args) => {
+            let mut client = connect(&args.client.coordinator).await?;
+            let bytes = fetch_to(&mut client, &args.job_id, &args.output).await?;
+            eprintln!("wrote {} ({bytes} bytes)", args.output.display());
+            Ok(())
+        }
+        Command::Model(_) => unreachable!("handled without a runtime"),
+    }
+}
+
+fn failure(job: &pb::Job) -> String {
+    if job.error.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", job.error)
+    }
+}
+
+fn parse_state(name: &str) -> anyhow::Result<i32> {
+    let wanted = name.trim().to_ascii_uppercase().replace('-', "_");
+    pb::JobState::from_str_name(&format!("JOB_STATE_{wanted}"))
+        .filter(|s| *s != pb::JobState::Unspecified)
+        .map(|s| s as i32)
+        .ok_or_else(|| anyhow::anyhow!("--state {name:?}: not a job state"))
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client.coordinator).await?;
+    let spec = args.spec.to_spec(&args.model)?;
+    let response = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec), request_id: args.request_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let job = response.job.context("the coordinator returned no job")?;
+    println!("{}", job.id);
+    if args.wait {
+        let last = follow(&mut client, &job.id, true).await?;
+        eprintln!("{} {}{}", last.id, state_name(last.state), failure(&last));
+        if last.state != pb::JobState::Done as i32 {
+            anyhow::bail!("job {} ended {}", last.id, state_name(last.state));
+        }
+    }
+    Ok(())
 }
 
 fn model_forward(args: ForwardArgs) -> anyhow::Result<()> {

@@ -47,6 +47,15 @@ pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
         }
         Ok(Outcome::Cancelled) => {
             tracing::info!(job = %job.id, "job cancelled");
+            // Outputs of a step cut short were never fused: the job stands at its last step boundary.
+            ctx.store.update(&job.id, |j| {
+                if let Some(p) = j.progress.as_mut() {
+                    let step = p.step;
+                    for w in &mut p.windows {
+                        w.steps_done = w.steps_done.min(step);
+                    }
+                }
+            });
             ctx.store.finish(&job.id, pb::JobState::Cancelled, None, None);
         }
         Err(error) => {

@@ -1,0 +1,157 @@
+//! Client commands against a running coordinator: submit, watch, cancel, jobs, status, fetch.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The coordinator's address.
+    #[arg(long, env = "PATCHWORK_COORDINATOR", default_value = "http://127.0.0.1:7600")]
+    pub coordinator: String,
+}
+
+pub async fn connect(address: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        .with_context(|| format!("coordinator address {address:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {address}"))?;
+    Ok(RenderServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// A gRPC error as one line: the code and the server's message.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Unspecified => "unknown",
+        pb::JobState::Queued => "queued",
+        pb::JobState::EncodingPrompts => "encoding prompts",
+        pb::JobState::Denoising => "denoising",
+        pb::JobState::Decoding => "decoding",
+        pb::JobState::Done => "done",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+    }
+}
+
+/// Follows a job to its end with a progress bar (or plain lines when `quiet_bar`), and returns its last
+/// state.
+pub async fn follow(client: &mut RenderServiceClient<Channel>, job_id: &str, show_bar: bool) -> anyhow::Result<pb::Job> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let bar = if show_bar { ProgressBar::new(1) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last = None;
+    while let Some(job) = stream.message().await.map_err(status_error)? {
+        let progress = job.progress.clone().unwrap_or_default();
+        bar.set_length((progress.steps + progress.decode_chunks.max(1)) as u64);
+        bar.set_position((progress.step + progress.decoded_chunks) as u64);
+        let busy = progress.windows.iter().filter(|w| !w.worker.is_empty()).count();
+        bar.set_message(format!(
+            "{} | step {}/{} | {} windows, {busy} in flight | decoded {}/{}",
+            state_name(job.state),
+            progress.step,
+            progress.steps,
+            progress.windows.len(),
+            progress.decoded_chunks,
+            progress.decode_chunks
+        ));
+        last = Some(job);
+    }
+    bar.finish_and_clear();
+    last.ok_or_else(|| anyhow::anyhow!("the coordinator ended the watch of job {job_id} without a state"))
+}
+
+/// Streams a finished job's video into `path` (through a temporary file beside it).
+pub async fn fetch_to(client: &mut RenderServiceClient<Channel>, job_id: &str, path: &Path) -> anyhow::Result<u64> {
+    let mut stream = client
+        .fetch_video(pb::FetchVideoRequest { job_id: job_id.to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let tmp = path.with_extension("part");
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut written = 0u64;
+    let mut total = None;
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if chunk.offset != written {
+            anyhow::bail!("video stream skipped from byte {written} to {}", chunk.offset);
+        }
+        file.write_all(&chunk.data).with_context(|| format!("writing {}", tmp.display()))?;
+        written += chunk.data.len() as u64;
+        total = Some(chunk.total_bytes);
+    }
+    if total.is_some_and(|t| t != written) {
+        anyhow::bail!("video stream ended after {written} of {} bytes", total.unwrap_or(0));
+    }
+    file.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(written)
+}
+
+pub fn print_jobs(jobs: &[pb::Job]) {
+    println!("{:<18} {:<17} {:>9} {:>7} {:>9}  PROMPT", "ID", "STATE", "STEP", "FRAMES", "SIZE");
+    for job in jobs {
+        let spec = job.spec.clone().unwrap_or_default();
+        let progress = job.progress.clone().unwrap_or_default();
+        let prompt = if spec.prompt.is_empty() {
+            spec.schedule.first().map(|s| format!("{} (+{} more)", s.prompt, spec.schedule.len() - 1)).unwrap_or_default()
+        } else {
+            spec.prompt.clone()
+        };
+        let prompt: String = prompt.chars().take(60).collect();
+        println!(
+            "{:<18} {:<17} {:>9} {:>7} {:>9}  {prompt}",
+            job.id,
+            state_name(job.state),
+            format!("{}/{}", progress.step, progress.steps),
+            spec.frames.unwrap_or(0),
+            format!("{}x{}", spec.width.unwrap_or(0), spec.height.unwrap_or(0)),
+        );
+    }
+}
+
+pub fn print_cluster(state: &pb::ClusterState) {
+    println!("jobs: {} queued, {} running", state.queued_jobs, state.running_jobs);
+    println!("models: {}", state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "{:<6} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} NOW",
+        "ID", "ADDRESS", "MODEL", "STATUS", "SLOTS", "EVALS", "FAILS", "DEVICES"
+    );
+    for w in &state.workers {
+        let status = match pb::WorkerStatus::try_from(w.status).unwrap_or(pb::WorkerStatus::Unspecified) {
+            pb::WorkerStatus::Idle => "idle",
+            pb::WorkerStatus::Busy => "busy",
+            pb::WorkerStatus::Unhealthy => "unhealthy",
+            pb::WorkerStatus::Unspecified => "unknown",
+        };
+        let devices: Vec<&str> = w.devices.iter().map(|d| d.name.as_str()).collect();
+        println!(
+            "{:<6} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}",
+            w.id,
+            w.address,
+            w.model,
+            status,
+            format!("{}/{}", w.in_flight, w.capacity),
+            w.evaluations,
+            w.failures,
+            devices.join(","),
+            w.activity.join("; ")
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! The subcommands, each a thin layer over library calls.
+
+pub mod client;
+pub mod render;
+pub mod serve;
+pub mod spec;

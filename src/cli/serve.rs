@@ -1,0 +1,181 @@
+//! `patchwork coordinator` and `patchwork worker`: long-running processes, stopped by Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use patchwork_coordinator::CoordinatorConfig;
+use patchwork_shared::model::ModelGeometry;
+use patchwork_worker::engine::{Engine, Evaluator, LoadTest, ModelSource};
+use patchwork_worker::model::forward::parse_dtype;
+use patchwork_worker::run::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorArgs {
+    /// Address to serve the client API and the worker registry on.
+    #[arg(long, env = "PATCHWORK_LISTEN", default_value = "0.0.0.0:7600")]
+    pub listen: SocketAddr,
+    /// Where finished videos are kept.
+    #[arg(long, env = "PATCHWORK_DATA_DIR", default_value = "patchwork-data")]
+    pub data_dir: PathBuf,
+    /// Most jobs waiting in the queue.
+    #[arg(long, env = "PATCHWORK_QUEUE_LIMIT", default_value_t = 1000)]
+    pub queue_limit: usize,
+    /// Jobs sampled at the same time.
+    #[arg(long, env = "PATCHWORK_MAX_RUNNING_JOBS", default_value_t = 4)]
+    pub max_running_jobs: usize,
+    /// How often workers heartbeat; three missed beats drop a worker.
+    #[arg(long, env = "PATCHWORK_HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// Longest one evaluation may take before it is retried on another worker.
+    #[arg(long, env = "PATCHWORK_EVAL_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub eval_timeout: Duration,
+    /// Attempts per window step or decode chunk before the job fails.
+    #[arg(long, env = "PATCHWORK_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Latent frames per decode chunk.
+    #[arg(long, env = "PATCHWORK_DECODE_CHUNK", default_value_t = 4)]
+    pub decode_chunk: usize,
+    /// Latent frames of causal context decoded before each chunk.
+    #[arg(long, env = "PATCHWORK_DECODE_CONTEXT", default_value_t = 2)]
+    pub decode_context: usize,
+}
+
+impl CoordinatorArgs {
+    pub fn config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            data_dir: self.data_dir.clone(),
+            queue_limit: self.queue_limit,
+            max_running_jobs: self.max_running_jobs,
+            heartbeat: self.heartbeat,
+            eval_timeout: self.eval_timeout,
+            max_attempts: self.max_attempts,
+            decode_chunk: self.decode_chunk,
+            decode_context: self.decode_context,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A diffusers WanPipeline directory [default: the embedded tiny model].
+    #[arg(long, env = "PATCHWORK_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The name the model is served under [default: the directory's name, or "tiny"].
+    #[arg(long, env = "PATCHWORK_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// f32 | bf16 | f16
+    #[arg(long, env = "PATCHWORK_DTYPE", default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        match &self.model {
+            None => ModelSource::Tiny,
+            Some(path) => ModelSource::Dir { path: path.clone(), name: self.model_name.clone() },
+        }
+    }
+
+    /// Loads the model on the CPU.
+    pub fn load(&self) -> anyhow::Result<Engine> {
+        let dtype = parse_dtype(&self.dtype)?;
+        let source = self.source();
+        Engine::load(&source, dtype, &candle_core::Device::Cpu).with_context(|| match &source {
+            ModelSource::Tiny => "building the embedded tiny model".to_string(),
+            ModelSource::Dir { path, .. } => format!("loading the model in {}", path.display()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The coordinator to register with.
+    #[arg(long, env = "PATCHWORK_COORDINATOR", default_value = "http://127.0.0.1:7600")]
+    pub coordinator: String,
+    /// Address to serve evaluations on.
+    #[arg(long, env = "PATCHWORK_WORKER_LISTEN", default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// The address the coordinator should use to reach this worker [default: the listener's].
+    #[arg(long, env = "PATCHWORK_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Evaluations at once.
+    #[arg(long, env = "PATCHWORK_CAPACITY", default_value_t = 1)]
+    pub capacity: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// LOAD TEST ONLY: evaluate nothing, wait this long per request and answer zeros. For measuring the
+    /// control plane; never produces a real video.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub load_test_delay: Option<Duration>,
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM.
+pub fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stopping");
+        token.cancel();
+    });
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    // The first line on stdout, for scripts and tests that bind port 0.
+    println!("coordinator listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    stop_on_signals(shutdown.clone());
+    patchwork_coordinator::run(args.config(), listener, shutdown).await?;
+    Ok(())
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let evaluator: Arc<dyn Evaluator> = match args.load_test_delay {
+        Some(delay) => {
+            let mut geometry = ModelGeometry::tiny();
+            if let Some(name) = &args.model.model_name {
+                geometry.name = name.clone();
+            }
+            tracing::warn!(?delay, "LOAD TEST mode: no model is evaluated and every answer is zeros");
+            Arc::new(LoadTest::new(geometry, delay))
+        }
+        None => {
+            let model = args.model.clone();
+            Arc::new(tokio::task::spawn_blocking(move || model.load()).await??)
+        }
+    };
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    println!("worker listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    stop_on_signals(shutdown.clone());
+    let config = WorkerConfig {
+        coordinator: args.coordinator.clone(),
+        advertise: args.advertise.clone(),
+        capacity: args.capacity,
+        devices: vec!["cpu".into()],
+    };
+    patchwork_worker::run::run(config, evaluator, listener, shutdown).await?;
+    Ok(())
+}

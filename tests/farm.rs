@@ -1,0 +1,124 @@
+//! The farm end to end, as separate processes on loopback: a coordinator, workers with the tiny model,
+//! and a gRPC client. The video must not depend on how many workers there are or on one of them dying.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use patchwork_coordinator::video::probe_mp4;
+use patchwork_shared::pb;
+
+const JOB_LIMIT: Duration = Duration::from_secs(240);
+
+/// Renders `spec` on a fresh coordinator with `workers` workers; returns the MP4 and the final job.
+async fn render_with(workers: usize, spec: pb::JobSpec) -> (Vec<u8>, pb::Job) {
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &[]);
+    let _workers: Vec<Proc> = (0..workers).map(|_| worker(&coord, &[])).collect();
+    let mut client = client(&coord).await;
+    wait_for_workers(&mut client, workers).await;
+    let job = submit(&mut client, spec).await;
+    let last = follow(&mut client, &job.id, JOB_LIMIT, |_| {}).await;
+    assert_eq!(last.state, pb::JobState::Done as i32, "job ended with {last:?}");
+    (fetch(&mut client, &job.id).await, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_video_is_what_was_asked_and_the_same_with_one_worker_or_three() {
+    let (one, job) = render_with(1, several_windows(3)).await;
+    let info = probe_mp4(&one).expect("a readable MP4");
+    assert_eq!((info.frames, info.width, info.height, info.fps), (33, 128, 64, 12.0));
+    assert_eq!(info.codec, "avc1");
+    let progress = job.progress.unwrap();
+    assert_eq!(progress.windows.len(), 9, "3 temporal windows x 3 tiles");
+    assert!(progress.windows.iter().all(|w| w.steps_done == 3));
+    assert_eq!((progress.step, progress.steps), (3, 3));
+    assert_eq!(job.video_bytes as usize, one.len());
+
+    let (three, _) = render_with(3, several_windows(3)).await;
+    assert!(one == three, "1 worker and 3 workers made different videos");
+
+    let mut other_seed = several_windows(3);
+    other_seed.seed = Some(99);
+    let (different, _) = render_with(1, other_seed).await;
+    assert!(one != different, "the seed must change the video");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_changes_nothing() {
+    let steps = 8;
+    let (undisturbed, _) = render_with(1, several_windows(steps)).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &[]);
+    let mut workers: Vec<Proc> = (0..3).map(|_| worker(&coord, &[])).collect();
+    let mut client = client(&coord).await;
+    wait_for_workers(&mut client, 3).await;
+    let job = submit(&mut client, several_windows(steps)).await;
+    let mut victim = Some(workers.remove(1));
+    let mut watcher = client.clone();
+    let last = follow(&mut watcher, &job.id, JOB_LIMIT, |j| {
+        let step = j.progress.as_ref().map_or(0, |p| p.step);
+        if step >= 2 {
+            if let Some(mut proc) = victim.take() {
+                proc.kill();
+            }
+        }
+    })
+    .await;
+    assert!(victim.is_none(), "the job ended before the worker could be killed");
+    assert_eq!(last.state, pb::JobState::Done as i32, "job ended with {last:?}");
+    let disturbed = fetch(&mut client, &job.id).await;
+    assert!(disturbed == undisturbed, "killing a worker changed the video");
+    // The dead worker is dropped after its missed heartbeats; the other two stay.
+    wait_for_workers(&mut client, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_at_a_step_boundary_and_frees_the_workers() {
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &[]);
+    let _workers: Vec<Proc> = (0..2).map(|_| worker(&coord, &[])).collect();
+    let mut client = client(&coord).await;
+    wait_for_workers(&mut client, 2).await;
+    let job = submit(&mut client, several_windows(1000)).await;
+    let mut canceller = client.clone();
+    let mut sent = false;
+    let mut steps_seen = Vec::new();
+    let last = follow(&mut client.clone(), &job.id, JOB_LIMIT, |j| {
+        let step = j.progress.as_ref().map_or(0, |p| p.step);
+        steps_seen.push(step);
+        if step >= 2 && !sent {
+            sent = true;
+            let mut c = canceller.clone();
+            let id = j.id.clone();
+            tokio::spawn(async move { c.cancel_job(pb::CancelJobRequest { job_id: id }).await });
+        }
+    })
+    .await;
+    assert_eq!(last.state, pb::JobState::Cancelled as i32, "job ended with {last:?}");
+    let progress = last.progress.unwrap();
+    assert!(progress.step >= 2 && progress.step < 1000, "stopped at step {}", progress.step);
+    // At a step boundary: every window has done exactly the steps the job has.
+    assert!(progress.windows.iter().all(|w| w.steps_done == progress.step), "{progress:?}");
+    assert!(fetch_fails(&mut canceller, &job.id).await);
+    // The workers are free again, and take the next job.
+    wait_for_workers(&mut client, 2).await;
+    let next = submit(&mut client, several_windows(2)).await;
+    let done = follow(&mut client, &next.id, JOB_LIMIT, |_| {}).await;
+    assert_eq!(done.state, pb::JobState::Done as i32);
+    // Cancelling a finished job changes nothing.
+    let again = client.cancel_job(pb::CancelJobRequest { job_id: next.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(again.state, pb::JobState::Done as i32);
+}
+
+async fn fetch_fails(
+    client: &mut pb::render_service_client::RenderServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> bool {
+    match client.fetch_video(pb::FetchVideoRequest { job_id: id.into() }).await {
+        Err(status) => status.code() == tonic::Code::FailedPrecondition,
+        Ok(_) => false,
+    }
+}
