@@ -119,21 +119,24 @@ struct ForwardArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    let command = Cli::parse().command;
+    // Servers log what they do; one-shot commands only what goes wrong, so that a progress bar stays readable.
+    let default_filter = match command {
+        Command::Coordinator(_) | Command::Worker(_) => "info,h2=warn,tower=warn,hyper=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,tower=warn,hyper=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        Command::Model(ModelCommand::Forward(args)) => model_forward(args),
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-            .and_then(|runtime| runtime.block_on(run(command))),
-    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(command)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -189,7 +192,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("wrote {} ({bytes} bytes)", args.output.display());
             Ok(())
         }
-        Command::Model(_) => unreachable!("handled without a runtime"),
+        Command::Model(ModelCommand::Forward(args)) => tokio::task::spawn_blocking(move || model_forward(args)).await?,
     }
 }
 

@@ -122,3 +122,21 @@ async fn fetch_fails(
         Ok(_) => false,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_schedule_conditions_each_window_by_its_segment() {
+    let mut scheduled = several_windows(2);
+    scheduled.prompt.clear();
+    scheduled.schedule = vec![
+        pb::PromptSegment { start_frame: 0, prompt: "a red circle moving right".into() },
+        pb::PromptSegment { start_frame: 20, prompt: "a blue square moving left".into() },
+    ];
+    let (video, job) = render_with(1, scheduled).await;
+    let segments: Vec<u32> = job.progress.unwrap().windows.iter().map(|w| w.segment).collect();
+    // Three windows in time (latent frames 0-3, 3-6 or so, 5-8), three tiles each; the last window's
+    // middle frame is past frame 20.
+    assert_eq!(segments.first(), Some(&0));
+    assert_eq!(segments.last(), Some(&1));
+    let (single, _) = render_with(1, several_windows(2)).await;
+    assert!(video != single, "the schedule's second prompt changed nothing");
+}

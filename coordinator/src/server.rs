@@ -52,8 +52,8 @@ impl Default for CoordinatorConfig {
             heartbeat: Duration::from_secs(2),
             eval_timeout: Duration::from_secs(600),
             max_attempts: 5,
-            decode_chunk: 4,
-            decode_context: 2,
+            decode_chunk: 8,
+            decode_context: 8,
         }
     }
 }

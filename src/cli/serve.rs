@@ -38,11 +38,12 @@ pub struct CoordinatorArgs {
     /// Attempts per window step or decode chunk before the job fails.
     #[arg(long, env = "PATCHWORK_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
-    /// Latent frames per decode chunk.
-    #[arg(long, env = "PATCHWORK_DECODE_CHUNK", default_value_t = 4)]
+    /// Latent frames per decode chunk (each 4 video frames).
+    #[arg(long, env = "PATCHWORK_DECODE_CHUNK", default_value_t = 8)]
     pub decode_chunk: usize,
-    /// Latent frames of causal context decoded before each chunk.
-    #[arg(long, env = "PATCHWORK_DECODE_CONTEXT", default_value_t = 2)]
+    /// Latent frames of causal context decoded (and thrown away) before each chunk: the VAE's caches reach
+    /// far back, and a chunk's first frames converge to the whole decode as this grows.
+    #[arg(long, env = "PATCHWORK_DECODE_CONTEXT", default_value_t = 8)]
     pub decode_context: usize,
 }
 

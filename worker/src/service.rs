@@ -64,12 +64,18 @@ impl WorkerService {
         Ok((dims, values))
     }
 
+    /// Runs `work` on the blocking pool. The slot travels with it: a request the coordinator abandons
+    /// (cancel, timeout) keeps its slot until the computation really ends.
     async fn run<T: Send + 'static>(
         &self,
+        slot: tokio::sync::OwnedSemaphorePermit,
         work: impl FnOnce(&dyn Evaluator) -> Result<T, ModelError> + Send + 'static,
     ) -> Result<T, Status> {
         let evaluator = self.evaluator.clone();
-        let result = tokio::task::spawn_blocking(move || work(evaluator.as_ref()))
+        let result = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work(evaluator.as_ref())
+        })
             .await
             .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))?;
         self.evaluations.fetch_add(1, Ordering::Relaxed);
@@ -90,7 +96,7 @@ impl worker_service_server::WorkerService for WorkerService {
     }
 
     async fn denoise(&self, request: Request<pb::DenoiseRequest>) -> Result<Response<pb::DenoiseResponse>, Status> {
-        let _slot = self.slot()?;
+        let slot = self.slot()?;
         let req = request.into_inner();
         let (shape, latent) = self.latent(req.latent.as_ref())?;
         if !req.timestep.is_finite() || !req.guidance_scale.is_finite() {
@@ -105,12 +111,12 @@ impl worker_service_server::WorkerService for WorkerService {
             guidance_scale: req.guidance_scale,
         };
         tracing::debug!(fence = ?req.fence, ?shape, "denoise");
-        let output = self.run(move |e| e.denoise(&input)).await?;
+        let output = self.run(slot, move |e| e.denoise(&input)).await?;
         Ok(Response::new(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) }))
     }
 
     async fn decode(&self, request: Request<pb::DecodeRequest>) -> Result<Response<pb::DecodeResponse>, Status> {
-        let _slot = self.slot()?;
+        let slot = self.slot()?;
         let req = request.into_inner();
         let (shape, latent) = self.latent(req.latent.as_ref())?;
         let context_frames = req.context_frames as usize;
@@ -122,10 +128,66 @@ impl worker_service_server::WorkerService for WorkerService {
         }
         let input = DecodeInput { shape, latent, context_frames };
         tracing::debug!(fence = ?req.fence, ?shape, "decode");
-        let frames = self.run(move |e| e.decode(&input)).await?;
+        let frames = self.run(slot, move |e| e.decode(&input)).await?;
         Ok(Response::new(pb::DecodeResponse {
             fence: req.fence,
             frames: Some(wire::u8_tensor(&frames.shape, frames.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use patchwork_shared::model::ModelGeometry;
+    use tonic::Code;
+
+    use super::worker_service_server::WorkerService as _;
+    use super::*;
+    use crate::engine::LoadTest;
+
+    fn request(shape: &[usize]) -> pb::DenoiseRequest {
+        let n = shape.iter().product();
+        pb::DenoiseRequest {
+            latent: Some(wire::f32_tensor(shape, &vec![0.5; n])),
+            timestep: 500.0,
+            prompt: "p".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_worker_pushes_back_instead_of_queueing() {
+        let evaluator = Arc::new(LoadTest::new(ModelGeometry::tiny(), Duration::from_millis(300)));
+        let service = Arc::new(WorkerService::new(evaluator, 1, vec!["cpu".into()]));
+        let busy = {
+            let service = service.clone();
+            tokio::spawn(async move { service.denoise(Request::new(request(&[16, 1, 2, 2]))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = service.denoise(Request::new(request(&[16, 1, 2, 2]))).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let answer = busy.await.unwrap().unwrap().into_inner();
+        assert_eq!(answer.output.unwrap().shape, vec![16, 1, 2, 2]);
+        // The slot is free again.
+        assert!(service.denoise(Request::new(request(&[16, 1, 2, 2]))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_invalid_arguments() {
+        let evaluator = Arc::new(LoadTest::new(ModelGeometry::tiny(), Duration::ZERO));
+        let service = WorkerService::new(evaluator, 2, vec!["cpu".into()]);
+        for shape in [vec![15, 1, 2, 2], vec![16, 1, 3, 2], vec![16, 2, 2], vec![16, 0, 2, 2]] {
+            let err = service.denoise(Request::new(request(&shape))).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{shape:?}");
+            assert!(err.message().starts_with("latent"), "{}", err.message());
+        }
+        let mut nan = request(&[16, 1, 2, 2]);
+        nan.timestep = f32::NAN;
+        assert_eq!(service.denoise(Request::new(nan)).await.unwrap_err().code(), Code::InvalidArgument);
+        let decode = pb::DecodeRequest { latent: request(&[16, 2, 2, 2]).latent, context_frames: 2, ..Default::default() };
+        let err = service.decode(Request::new(decode)).await.unwrap_err();
+        assert!(err.message().starts_with("context_frames"), "{}", err.message());
     }
 }
