@@ -19,7 +19,11 @@ const SPEC: [&str; 8] = ["--frames", "25", "--steps", "2", "--seed", "7", "--win
 
 fn patchwork(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("running patchwork");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

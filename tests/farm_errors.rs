@@ -40,21 +40,27 @@ async fn every_bad_request_is_refused_naming_its_field() {
         ("overlap_frames", Box::new(|s| (s.frames, s.window_frames, s.overlap_frames) = (Some(33), Some(9), Some(9)))),
         ("steps", Box::new(|s| s.steps = Some(0))),
         ("steps", Box::new(|s| s.steps = Some(100_000))),
-        ("schedule[2].start_frame", Box::new(|s| {
-            s.prompt.clear();
-            s.schedule = vec![
-                pb::PromptSegment { start_frame: 0, prompt: "a".into() },
-                pb::PromptSegment { start_frame: 8, prompt: "b".into() },
-                pb::PromptSegment { start_frame: 4, prompt: "c".into() },
-            ];
-        })),
-        ("schedule", Box::new(|s| {
-            s.prompt.clear();
-            s.schedule = vec![
-                pb::PromptSegment { start_frame: 0, prompt: "a".into() },
-                pb::PromptSegment { start_frame: 400, prompt: "b".into() },
-            ];
-        })),
+        (
+            "schedule[2].start_frame",
+            Box::new(|s| {
+                s.prompt.clear();
+                s.schedule = vec![
+                    pb::PromptSegment { start_frame: 0, prompt: "a".into() },
+                    pb::PromptSegment { start_frame: 8, prompt: "b".into() },
+                    pb::PromptSegment { start_frame: 4, prompt: "c".into() },
+                ];
+            }),
+        ),
+        (
+            "schedule",
+            Box::new(|s| {
+                s.prompt.clear();
+                s.schedule = vec![
+                    pb::PromptSegment { start_frame: 0, prompt: "a".into() },
+                    pb::PromptSegment { start_frame: 400, prompt: "b".into() },
+                ];
+            }),
+        ),
         ("request", Box::new(|s| s.prompt = "x".repeat(2 << 20))),
     ];
     for (field, mutate) in &cases {
@@ -73,8 +79,14 @@ async fn every_bad_request_is_refused_naming_its_field() {
     // Unknown jobs, bad pages and unfinished videos.
     let unknown = client.get_job(pb::GetJobRequest { job_id: "nope".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
-    assert_eq!(client.cancel_job(pb::CancelJobRequest { job_id: "nope".into() }).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(client.watch_job(pb::WatchJobRequest { job_id: "nope".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        client.cancel_job(pb::CancelJobRequest { job_id: "nope".into() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        client.watch_job(pb::WatchJobRequest { job_id: "nope".into() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
     let empty = client.get_job(pb::GetJobRequest::default()).await.unwrap_err();
     assert_eq!((empty.code(), empty.message()), (Code::InvalidArgument, "job_id: must not be empty"));
     let page = client.list_jobs(pb::ListJobsRequest { page_token: "zz".into(), ..Default::default() }).await;
@@ -128,7 +140,8 @@ impl worker_service_server::WorkerService for Liar {
         let output = if req.fence.as_ref().is_some_and(|f| f.window % 2 == 0) {
             wire::f32_tensor(&[1, 2], &[0.0, 1.0])
         } else {
-            let shape: Vec<usize> = req.latent.as_ref().map(|t| t.shape.iter().map(|&d| d as usize).collect()).unwrap_or_default();
+            let shape: Vec<usize> =
+                req.latent.as_ref().map(|t| t.shape.iter().map(|&d| d as usize).collect()).unwrap_or_default();
             let n = shape.iter().product();
             let mut t = wire::f32_tensor(&shape, &vec![0.0; n]);
             t.data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
@@ -166,7 +179,10 @@ async fn malformed_answers_count_as_failures_and_the_job_still_finishes() {
     );
     let mut registry = pb::worker_registry_client::WorkerRegistryClient::connect(coord.address.clone()).await.unwrap();
     let registered = registry
-        .register(pb::RegisterRequest { address: format!("http://{liar_address}"), description: Some(description.clone()) })
+        .register(pb::RegisterRequest {
+            address: format!("http://{liar_address}"),
+            description: Some(description.clone()),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -191,7 +207,8 @@ async fn malformed_answers_count_as_failures_and_the_job_still_finishes() {
     let mut registry = pb::worker_registry_client::WorkerRegistryClient::connect(coord.address.clone()).await.unwrap();
     let mut bad = description;
     bad.model.as_mut().unwrap().native_frames = 0;
-    let err = registry.register(pb::RegisterRequest { address: "http://127.0.0.1:1".into(), description: Some(bad) }).await;
+    let err =
+        registry.register(pb::RegisterRequest { address: "http://127.0.0.1:1".into(), description: Some(bad) }).await;
     let err = err.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("model.native_frames"), "{}", err.message());

@@ -158,6 +158,11 @@ impl WorkerPool {
         }
     }
 
+    /// Whether some registered worker serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.lock().workers.values().any(|e| e.model == model)
+    }
+
     /// The geometry of a model the cluster knows.
     pub fn model(&self, name: &str) -> Option<ModelGeometry> {
         self.lock().models.get(name).cloned()

@@ -79,7 +79,11 @@ pub fn plan(spec: &JobSpec, g: &ModelGeometry) -> Result<WindowPlan, String> {
     let request = PlanRequest {
         shape,
         window: [g.latent_frames(spec.window_frames), native[0], native[1]],
-        overlap: [spec.overlap_frames / g.temporal_factor, tile_overlap(native[0], g.patch[1]), tile_overlap(native[1], g.patch[2])],
+        overlap: [
+            spec.overlap_frames / g.temporal_factor,
+            tile_overlap(native[0], g.patch[1]),
+            tile_overlap(native[1], g.patch[2]),
+        ],
         align: g.patch,
     };
     plan_windows(&request).map_err(|e| format!("planning windows: {e}"))
@@ -97,11 +101,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
     let spec = job.spec.clone();
-    let g = ctx
-        .dispatcher
-        .pool
-        .model(&spec.model)
-        .ok_or_else(|| format!("model {:?} is no longer known", spec.model))?;
+    let g =
+        ctx.dispatcher.pool.model(&spec.model).ok_or_else(|| format!("model {:?} is no longer known", spec.model))?;
     let plan = Arc::new(plan(&spec, &g)?);
     let shape = plan.shape;
     let segments: Vec<usize> = plan.windows.iter().map(|w| segment_of(&spec, &g, w.bbox.frames)).collect();
@@ -151,7 +152,8 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                     negative_prompt: spec.negative_prompt.clone(),
                     guidance_scale: spec.guidance_scale as f32,
                 };
-                let fence = pb::Fence { term: 0, job_id: job.id.clone(), step: step as u32, window: index as u32, attempt: 0 };
+                let fence =
+                    pb::Fence { term: 0, job_id: job.id.clone(), step: step as u32, window: index as u32, attempt: 0 };
                 let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
                 let output = ctx
                     .dispatcher
@@ -174,8 +176,8 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                         },
                         |fence, response: pb::DenoiseResponse| {
                             check_fence(fence, response.fence.as_ref())?;
-                            let (_, values) =
-                                wire::read_f32("output", response.output.as_ref(), Some(&dims)).map_err(|e| e.to_string())?;
+                            let (_, values) = wire::read_f32("output", response.output.as_ref(), Some(&dims))
+                                .map_err(|e| e.to_string())?;
                             Ok(values)
                         },
                     )
@@ -201,7 +203,8 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
             let velocity = fusion.fuse(&refs).map_err(|e| e.to_string())?;
             let dims = shape.dims();
             let v = Tensor::from_vec(velocity, dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
-            let x = Tensor::from_slice(latent_prev.as_slice(), dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
+            let x =
+                Tensor::from_slice(latent_prev.as_slice(), dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
             let next = sampler.step(&v, &x).map_err(|e| e.to_string())?;
             let values = next.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
             Ok((values, sampler))
@@ -261,7 +264,13 @@ async fn decode_and_store(
                 latent: Some(wire::f32_tensor(&dims, &slice)),
                 context_frames: chunk.context as u32,
             };
-            let fence = pb::Fence { term: 0, job_id: job.id.clone(), step: spec.steps as u32, window: index as u32, attempt: 0 };
+            let fence = pb::Fence {
+                term: 0,
+                job_id: job.id.clone(),
+                step: spec.steps as u32,
+                window: index as u32,
+                attempt: 0,
+            };
             let what = format!("job {} decode chunk {}/{}", job.id, index + 1, chunk_count);
             let frames = ctx
                 .dispatcher
@@ -277,7 +286,8 @@ async fn decode_and_store(
                     },
                     |fence, response: pb::DecodeResponse| {
                         check_fence(fence, response.fence.as_ref())?;
-                        let (_, data) = wire::read_u8("frames", response.frames, Some(&expected)).map_err(|e| e.to_string())?;
+                        let (_, data) =
+                            wire::read_u8("frames", response.frames, Some(&expected)).map_err(|e| e.to_string())?;
                         Ok(data)
                     },
                 )

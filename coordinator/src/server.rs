@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::Dispatcher;
 use crate::pool::WorkerPool;
 use crate::runner::{run_job, JobContext};
-use crate::service::{RenderApi, RegistryService};
+use crate::service::{RegistryService, RenderApi};
 use crate::store::JobStore;
 
 /// Largest client message the transport accepts; SubmitJob has its own, smaller limit that is answered
@@ -69,7 +69,11 @@ pub enum CoordinatorError {
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
-pub async fn run(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
+pub async fn run(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| CoordinatorError::DataDir { path: config.data_dir.clone(), source })?;
     tracing::info!(
@@ -118,12 +122,14 @@ async fn schedule(context: Arc<JobContext>, max_running: usize, shutdown: Cancel
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let job = loop {
             let queued = context.store.queued.notified();
-            if let Some(job) = context.store.claim_next() {
+            let pool = &context.dispatcher.pool;
+            if let Some(job) = context.store.claim_next(|spec| pool.serves(&spec.model)) {
                 break job;
             }
             tokio::select! {
                 _ = queued => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                // Also wakes when a worker for a waiting job's model registers.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.cancelled() => return,
             }
         };

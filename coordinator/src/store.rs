@@ -119,24 +119,34 @@ impl JobStore {
         Ok((job, true))
     }
 
-    /// Takes the next queued job (skipping cancelled ones) and marks it running.
-    pub fn claim_next(&self) -> Option<Claimed> {
+    /// Takes the highest-priority queued job that `runnable` accepts (a job for a model no worker serves
+    /// waits, in the queue, without blocking the others) and marks it running.
+    pub fn claim_next(&self, runnable: impl Fn(&JobSpec) -> bool) -> Option<Claimed> {
         let mut inner = self.lock();
-        while let Some((_, _, id)) = inner.queue.pop() {
-            let Some(record) = inner.jobs.get_mut(&id) else { continue };
+        let mut skipped = Vec::new();
+        let mut claimed = None;
+        while let Some(entry) = inner.queue.pop() {
+            let Some(record) = inner.jobs.get_mut(&entry.2) else { continue };
             if record.job.state != pb::JobState::Queued as i32 {
+                continue;
+            }
+            if !runnable(&record.spec) {
+                skipped.push(entry);
                 continue;
             }
             record.job.state = pb::JobState::EncodingPrompts as i32;
             record.job.started_ms = now_ms();
             record.updates.send_replace(record.job.clone());
-            let claimed = Claimed { id, spec: record.spec.clone(), cancel: record.cancel.clone() };
+            claimed = Some(Claimed { id: entry.2, spec: record.spec.clone(), cancel: record.cancel.clone() });
             inner.running += 1;
-            drop(inner);
-            self.changes.send_modify(|v| *v += 1);
-            return Some(claimed);
+            break;
         }
-        None
+        inner.queue.extend(skipped);
+        drop(inner);
+        if claimed.is_some() {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        claimed
     }
 
     pub fn get(&self, id: &str) -> Option<pb::Job> {
@@ -243,8 +253,19 @@ mod tests {
         store.submit("a".into(), spec(0), "").unwrap();
         store.submit("b".into(), spec(5), "").unwrap();
         store.submit("c".into(), spec(0), "").unwrap();
-        let order: Vec<String> = std::iter::from_fn(|| store.claim_next().map(|c| c.id)).collect();
+        let order: Vec<String> = std::iter::from_fn(|| store.claim_next(|_| true).map(|c| c.id)).collect();
         assert_eq!(order, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn jobs_nobody_can_run_wait_without_blocking_the_rest() {
+        let store = JobStore::new(10);
+        store.submit("a".into(), spec(9), "").unwrap();
+        store.submit("b".into(), spec(0), "").unwrap();
+        assert_eq!(store.claim_next(|s| s.priority == 0).map(|c| c.id).as_deref(), Some("b"));
+        assert!(store.claim_next(|s| s.priority == 0).is_none());
+        assert_eq!(store.get("a").unwrap().state, pb::JobState::Queued as i32);
+        assert_eq!(store.claim_next(|_| true).map(|c| c.id).as_deref(), Some("a"));
     }
 
     #[test]
@@ -266,7 +287,7 @@ mod tests {
         store.submit("a".into(), spec(0), "").unwrap();
         let job = store.cancel("a").unwrap();
         assert_eq!(job.state, pb::JobState::Cancelled as i32);
-        assert!(store.claim_next().is_none());
+        assert!(store.claim_next(|_| true).is_none());
         assert!(store.video("a").unwrap_err().message().contains("CANCELLED"));
         assert_eq!(store.video("zz").unwrap_err().code(), tonic::Code::NotFound);
     }

@@ -6,5 +6,5 @@ pub mod noise;
 pub mod pb;
 pub mod sampler;
 pub mod spec;
-pub mod wire;
 pub mod windows;
+pub mod wire;

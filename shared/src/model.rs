@@ -140,11 +140,11 @@ impl TryFrom<&pb::ModelInfo> for ModelGeometry {
         if geometry.patch[0] != 1 {
             return Err(FieldError::new("model.patch_frames", "only a temporal patch of 1 is supported"));
         }
-        if (geometry.native_frames - 1) % geometry.temporal_factor != 0 {
+        if !(geometry.native_frames - 1).is_multiple_of(geometry.temporal_factor) {
             return Err(FieldError::new("model.native_frames", "must be 1 + a multiple of temporal_factor"));
         }
         let multiple = geometry.size_multiple();
-        if geometry.native_width % multiple != 0 || geometry.native_height % multiple != 0 {
+        if !geometry.native_width.is_multiple_of(multiple) || !geometry.native_height.is_multiple_of(multiple) {
             return Err(FieldError::new("model.native_width", format!("native sizes must be multiples of {multiple}")));
         }
         if !(geometry.default_shift.is_finite() && geometry.default_shift > 0.0) {

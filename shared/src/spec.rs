@@ -82,7 +82,7 @@ impl JobSpec {
             return Err(FieldError::new("frames", format!("{frames} is out of range 1..={MAX_FRAMES}")));
         }
         let tf = model.temporal_factor;
-        if (frames - 1) % tf != 0 {
+        if !(frames - 1).is_multiple_of(tf) {
             return Err(FieldError::new(
                 "frames",
                 format!("{frames} is not 1 + a multiple of {tf} (the VAE packs {tf} frames in one latent frame)"),
@@ -113,7 +113,10 @@ impl JobSpec {
         }
         let guidance_scale = spec.guidance_scale.map_or(model.default_guidance_scale, f64::from);
         if !guidance_scale.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&guidance_scale) {
-            return Err(FieldError::new("guidance_scale", format!("{guidance_scale} is out of range 0..={MAX_GUIDANCE}")));
+            return Err(FieldError::new(
+                "guidance_scale",
+                format!("{guidance_scale} is out of range 0..={MAX_GUIDANCE}"),
+            ));
         }
         let shift = spec.shift.map_or(model.default_shift, f64::from);
         if !shift.is_finite() || shift <= 0.0 || shift > MAX_SHIFT {
@@ -122,9 +125,9 @@ impl JobSpec {
         let sampler = if spec.sampler.is_empty() {
             SamplerKind::UniPc
         } else {
-            spec.sampler
-                .parse()
-                .map_err(|_| FieldError::new("sampler", format!("unknown sampler {:?} (known: unipc, euler)", spec.sampler)))?
+            spec.sampler.parse().map_err(|_| {
+                FieldError::new("sampler", format!("unknown sampler {:?} (known: unipc, euler)", spec.sampler))
+            })?
         };
         let (window_frames, overlap_frames) = window(spec, model, frames)?;
         for segment in &segments {
@@ -204,7 +207,10 @@ fn segments(spec: &pb::JobSpec) -> Result<Vec<Segment>, FieldError> {
                 let start = s.start_frame as usize;
                 match out.last() {
                     None if start != 0 => {
-                        return Err(FieldError::new("schedule[0].start_frame", "the first segment must start at frame 0"))
+                        return Err(FieldError::new(
+                            "schedule[0].start_frame",
+                            "the first segment must start at frame 0",
+                        ))
                     }
                     Some(prev) if start <= prev.start_frame => {
                         return Err(FieldError::new(
@@ -226,7 +232,7 @@ fn side(field: &str, value: usize, model: &ModelGeometry) -> Result<usize, Field
     if value < multiple || value > MAX_SIDE {
         return Err(FieldError::new(field, format!("{value} is out of range {multiple}..={MAX_SIDE}")));
     }
-    if value % multiple != 0 {
+    if !value.is_multiple_of(multiple) {
         return Err(FieldError::new(
             field,
             format!("{value} is not a multiple of {multiple} (the VAE's {}x and the patch)", model.spatial_factor),
@@ -239,7 +245,7 @@ fn window(spec: &pb::JobSpec, model: &ModelGeometry, frames: usize) -> Result<(u
     let tf = model.temporal_factor;
     let limit = 4 * model.native_frames;
     let window = opt(spec.window_frames, model.native_frames.min(frames));
-    if window == 0 || window > limit || (window - 1) % tf != 0 {
+    if window == 0 || window > limit || !(window - 1).is_multiple_of(tf) {
         return Err(FieldError::new(
             "window_frames",
             format!("{window} must be 1 + a multiple of {tf}, at most {limit} (4x the model's native length)"),
@@ -248,7 +254,7 @@ fn window(spec: &pb::JobSpec, model: &ModelGeometry, frames: usize) -> Result<(u
     // A window longer than the video is the video.
     let window = window.min(frames);
     let overlap = opt(spec.overlap_frames, (window / 4) / tf * tf);
-    if overlap % tf != 0 {
+    if !overlap.is_multiple_of(tf) {
         return Err(FieldError::new("overlap_frames", format!("{overlap} is not a multiple of {tf}")));
     }
     if overlap >= window {

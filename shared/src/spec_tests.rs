@@ -36,7 +36,8 @@ fn resolved_spec_validates_to_itself() {
 
 #[test]
 fn every_bad_field_is_named() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::JobSpec)>)> = vec![
+    type Mutate = Box<dyn Fn(&mut pb::JobSpec)>;
+    let cases: Vec<(&str, Mutate)> = vec![
         ("prompt", Box::new(|s| s.prompt = "   ".into())),
         ("prompt", Box::new(|s| s.prompt = "x".repeat(MAX_PROMPT_BYTES + 1))),
         ("negative_prompt", Box::new(|s| s.negative_prompt = "y".repeat(MAX_PROMPT_BYTES + 1))),

@@ -89,13 +89,16 @@ fn check(
             return Err(shape_err());
         }
     }
-    let shape: Vec<usize> = tensor.shape.iter().map(|&d| usize::try_from(d).map_err(|_| shape_err())).collect::<Result<_, _>>()?;
-    let needed = shape
-        .iter()
-        .try_fold(elem, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(shape_err)?;
+    let shape: Vec<usize> =
+        tensor.shape.iter().map(|&d| usize::try_from(d).map_err(|_| shape_err())).collect::<Result<_, _>>()?;
+    let needed = shape.iter().try_fold(elem, |acc, &d| acc.checked_mul(d)).ok_or_else(shape_err)?;
     if tensor.data.len() != needed {
-        return Err(WireError::Length { name: name.into(), found: tensor.data.len(), shape: tensor.shape.clone(), needed });
+        return Err(WireError::Length {
+            name: name.into(),
+            found: tensor.data.len(),
+            shape: tensor.shape.clone(),
+            needed,
+        });
     }
     Ok(shape)
 }
@@ -109,8 +112,10 @@ mod tests {
         let t = f32_tensor(&[2, 3], &[0.0, 1.5, -2.0, 3.25, 1e-30, -0.0]);
         let (shape, values) = read_f32("x", Some(&t), Some(&[2, 3])).unwrap();
         assert_eq!(shape, vec![2, 3]);
-        assert_eq!(values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            [0.0f32, 1.5, -2.0, 3.25, 1e-30, -0.0].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            [0.0f32, 1.5, -2.0, 3.25, 1e-30, -0.0].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -137,7 +142,8 @@ mod tests {
 
     #[test]
     fn u8_round_trips() {
-        let (shape, data) = read_u8("frames", Some(u8_tensor(&[1, 2, 2, 3], vec![7; 12])), Some(&[1, 2, 2, 3])).unwrap();
+        let (shape, data) =
+            read_u8("frames", Some(u8_tensor(&[1, 2, 2, 3], vec![7; 12])), Some(&[1, 2, 2, 3])).unwrap();
         assert_eq!((shape, data), (vec![1, 2, 2, 3], vec![7; 12]));
     }
 }

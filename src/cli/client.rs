@@ -45,12 +45,13 @@ pub fn state_name(state: i32) -> &'static str {
 
 /// Follows a job to its end with a progress bar (or plain lines when `quiet_bar`), and returns its last
 /// state.
-pub async fn follow(client: &mut RenderServiceClient<Channel>, job_id: &str, show_bar: bool) -> anyhow::Result<pb::Job> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest { job_id: job_id.to_string() })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+pub async fn follow(
+    client: &mut RenderServiceClient<Channel>,
+    job_id: &str,
+    show_bar: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut stream =
+        client.watch_job(pb::WatchJobRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
     let bar = if show_bar { ProgressBar::new(1) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
@@ -110,7 +111,10 @@ pub fn print_jobs(jobs: &[pb::Job]) {
         let spec = job.spec.clone().unwrap_or_default();
         let progress = job.progress.clone().unwrap_or_default();
         let prompt = if spec.prompt.is_empty() {
-            spec.schedule.first().map(|s| format!("{} (+{} more)", s.prompt, spec.schedule.len() - 1)).unwrap_or_default()
+            spec.schedule
+                .first()
+                .map(|s| format!("{} (+{} more)", s.prompt, spec.schedule.len() - 1))
+                .unwrap_or_default()
         } else {
             spec.prompt.clone()
         };

@@ -39,7 +39,10 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
     let coordinator = tokio::spawn(patchwork_coordinator::run(config, coordinator_listener, shutdown.clone()));
 
     let model = args.model.clone();
-    eprintln!("loading the model ({})", args.model.model.as_ref().map_or("embedded tiny".into(), |p| p.display().to_string()));
+    eprintln!(
+        "loading the model ({})",
+        args.model.model.as_ref().map_or("embedded tiny".into(), |p| p.display().to_string())
+    );
     let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
     if args.model.model.is_none() {
         eprintln!("note: the embedded default is the tiny Wan2.1 config with seeded random weights (no trained model yet): expect patterned noise, not the prompt");

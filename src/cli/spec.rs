@@ -60,8 +60,10 @@ impl SpecArgs {
                 let (frame, prompt) = entry
                     .split_once(':')
                     .ok_or_else(|| anyhow::anyhow!("--schedule {entry:?}: expected FRAME:PROMPT"))?;
-                let start_frame =
-                    frame.trim().parse().map_err(|_| anyhow::anyhow!("--schedule {entry:?}: {frame:?} is not a frame"))?;
+                let start_frame = frame
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--schedule {entry:?}: {frame:?} is not a frame"))?;
                 Ok(pb::PromptSegment { start_frame, prompt: prompt.to_string() })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -46,7 +46,8 @@ impl WorkerService {
 
     /// Reads a latent of the model's channel count whose sizes are whole patches.
     fn latent(&self, tensor: Option<&pb::Tensor>) -> Result<([usize; 4], Vec<f32>), Status> {
-        let (shape, values) = wire::read_f32("latent", tensor, None).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (shape, values) =
+            wire::read_f32("latent", tensor, None).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let g = self.evaluator.geometry();
         let dims: [usize; 4] = shape
             .as_slice()
@@ -58,7 +59,7 @@ impl WorkerService {
                 g.latent_channels
             )));
         }
-        if dims[2] % g.patch[1] != 0 || dims[3] % g.patch[2] != 0 {
+        if !dims[2].is_multiple_of(g.patch[1]) || !dims[3].is_multiple_of(g.patch[2]) {
             return Err(Status::invalid_argument(format!("latent: {}x{} is not whole patches", dims[2], dims[3])));
         }
         Ok((dims, values))
@@ -76,8 +77,8 @@ impl WorkerService {
             let _slot = slot;
             work(evaluator.as_ref())
         })
-            .await
-            .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))?;
+        .await
+        .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))?;
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         result.map_err(|e| match e {
             ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
@@ -186,7 +187,8 @@ mod tests {
         let mut nan = request(&[16, 1, 2, 2]);
         nan.timestep = f32::NAN;
         assert_eq!(service.denoise(Request::new(nan)).await.unwrap_err().code(), Code::InvalidArgument);
-        let decode = pb::DecodeRequest { latent: request(&[16, 2, 2, 2]).latent, context_frames: 2, ..Default::default() };
+        let decode =
+            pb::DecodeRequest { latent: request(&[16, 2, 2, 2]).latent, context_frames: 2, ..Default::default() };
         let err = service.decode(Request::new(decode)).await.unwrap_err();
         assert!(err.message().starts_with("context_frames"), "{}", err.message());
     }

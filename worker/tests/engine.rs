@@ -47,7 +47,8 @@ fn decode_chunk(engine: &Engine, latent: &[f32], frames: usize, start: usize, en
         let base = c * frames * plane;
         slice.extend_from_slice(&latent[base + from * plane..base + end * plane]);
     }
-    let out = engine.decode(&DecodeInput { shape: [16, end - from, 8, 8], latent: slice, context_frames: context }).unwrap();
+    let out =
+        engine.decode(&DecodeInput { shape: [16, end - from, 8, 8], latent: slice, context_frames: context }).unwrap();
     let expected = if start == 0 { 1 + 4 * (end - 1) } else { 4 * (end - start) };
     assert_eq!(out.shape, [expected, 64, 64, 3]);
     out.data

@@ -24,7 +24,10 @@ impl WorkerRegistry for RegistryService {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = request.into_inner().worker_id;
         if self.pool.heartbeat(&id) {
             Ok(Response::new(pb::HeartbeatResponse {}))

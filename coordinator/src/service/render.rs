@@ -65,11 +65,18 @@ fn stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status
 
 #[tonic::async_trait]
 impl RenderService for RenderApi {
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let req = request.into_inner();
         let size = req.encoded_len();
         if size > MAX_SUBMIT_BYTES {
-            return Err(FieldError::new("request", format!("is {size} bytes, more than the limit of {MAX_SUBMIT_BYTES}")).into());
+            return Err(FieldError::new(
+                "request",
+                format!("is {size} bytes, more than the limit of {MAX_SUBMIT_BYTES}"),
+            )
+            .into());
         }
         if req.request_id.len() > 256 {
             return Err(FieldError::new("request_id", "is longer than 256 bytes").into());
@@ -77,7 +84,10 @@ impl RenderService for RenderApi {
         let spec = req.spec.ok_or_else(|| FieldError::new("spec", "missing"))?;
         let model_name = requested_model(&spec);
         let model = self.pool.model(model_name).ok_or_else(|| {
-            FieldError::new("model", format!("unknown model {model_name:?} (known: {})", self.pool.model_names().join(", ")))
+            FieldError::new(
+                "model",
+                format!("unknown model {model_name:?} (known: {})", self.pool.model_names().join(", ")),
+            )
         })?;
         let fallback_seed = now_ms() ^ 0x9e37_79b9_7f4a_7c15;
         let spec = JobSpec::validate(&spec, &model, fallback_seed)?;
@@ -104,7 +114,9 @@ impl RenderService for RenderApi {
         }
         let page = match req.page_size as usize {
             0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => return Err(FieldError::new("page_size", format!("{n} is more than {MAX_PAGE}")).into()),
+            n if n > MAX_PAGE => {
+                return Err(FieldError::new("page_size", format!("{n} is more than {MAX_PAGE}")).into())
+            }
             n => n,
         };
         let offset: usize = if req.page_token.is_empty() {
@@ -132,7 +144,8 @@ impl RenderService for RenderApi {
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = request.into_inner().job_id;
         self.job(&id)?;
-        let mut updates = self.store.subscribe(&id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))?;
+        let mut updates =
+            self.store.subscribe(&id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -151,7 +164,10 @@ impl RenderService for RenderApi {
 
     type FetchVideoStream = BoxStream<pb::VideoChunk>;
 
-    async fn fetch_video(&self, request: Request<pb::FetchVideoRequest>) -> Result<Response<Self::FetchVideoStream>, Status> {
+    async fn fetch_video(
+        &self,
+        request: Request<pb::FetchVideoRequest>,
+    ) -> Result<Response<Self::FetchVideoStream>, Status> {
         let id = request.into_inner().job_id;
         self.job(&id)?;
         let path = self.store.video(&id)?;
@@ -184,13 +200,19 @@ impl RenderService for RenderApi {
         Ok(Response::new(stream_of(rx)))
     }
 
-    async fn get_cluster_state(&self, _: Request<pb::GetClusterStateRequest>) -> Result<Response<pb::ClusterState>, Status> {
+    async fn get_cluster_state(
+        &self,
+        _: Request<pb::GetClusterStateRequest>,
+    ) -> Result<Response<pb::ClusterState>, Status> {
         Ok(Response::new(self.cluster_state()))
     }
 
     type WatchClusterStream = BoxStream<pb::ClusterState>;
 
-    async fn watch_cluster(&self, _: Request<pb::WatchClusterRequest>) -> Result<Response<Self::WatchClusterStream>, Status> {
+    async fn watch_cluster(
+        &self,
+        _: Request<pb::WatchClusterRequest>,
+    ) -> Result<Response<Self::WatchClusterStream>, Status> {
         let mut pool_changes = self.pool.changes.subscribe();
         let mut store_changes = self.store.changes.subscribe();
         let (store, pool) = (self.store.clone(), self.pool.clone());

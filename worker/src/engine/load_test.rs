@@ -35,11 +35,8 @@ impl Evaluator for LoadTest {
         std::thread::sleep(self.delay);
         let [_, f, h, w] = input.shape;
         let g = &self.geometry;
-        let frames = if input.context_frames == 0 {
-            g.video_frames(f)
-        } else {
-            (f - input.context_frames) * g.temporal_factor
-        };
+        let frames =
+            if input.context_frames == 0 { g.video_frames(f) } else { (f - input.context_frames) * g.temporal_factor };
         let shape = [frames, h * g.spatial_factor, w * g.spatial_factor, 3];
         Ok(Frames { shape, data: vec![128; shape.iter().product()] })
     }

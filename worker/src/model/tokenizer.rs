@@ -83,8 +83,8 @@ impl PromptTokenizer {
     /// A tokenizer from the bytes of a `tokenizer.json` (an embedded model's); `label` names it in errors.
     pub fn from_json(json: &[u8], label: impl Into<PathBuf>) -> Result<Self> {
         let path = label.into();
-        let tokenizer =
-            Tokenizer::from_bytes(json).map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
+        let tokenizer = Tokenizer::from_bytes(json)
+            .map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
         Self::from_tokenizer(tokenizer, path, None)
     }
 
