@@ -61,6 +61,11 @@ async fn render_matches_the_cluster_and_the_client_commands_work() {
     assert!(ok && !stdout.contains(&id), "{stdout}");
     let (ok, stdout, _) = patchwork(&["status", "--coordinator", address]);
     assert!(ok && stdout.contains("w1") && stdout.contains("tiny") && stdout.contains("idle"), "{stdout}");
+    let mut cluster = client.watch_cluster(patchwork_shared::pb::WatchClusterRequest {}).await.unwrap().into_inner();
+    let first = cluster.message().await.unwrap().unwrap();
+    assert_eq!((first.workers.len(), first.queued_jobs, first.running_jobs), (1, 0, 0));
+    // Two windows (7 latent frames in windows of 4 sharing 1) for 2 steps, and one decode chunk.
+    assert_eq!(first.workers[0].evaluations, 2 * 2 + 1, "{first:?}");
     let (ok, stdout, _) = patchwork(&["watch", "--coordinator", address, &id]);
     assert!(ok && stdout.trim() == format!("{id} done"), "{stdout}");
     let (ok, stdout, _) = patchwork(&["cancel", "--coordinator", address, &id]);

@@ -158,6 +158,11 @@ impl WorkerPool {
         }
     }
 
+    /// Workers registered now.
+    pub fn worker_count(&self) -> usize {
+        self.lock().workers.len()
+    }
+
     /// Whether some registered worker serves `model`.
     pub fn serves(&self, model: &str) -> bool {
         self.lock().workers.values().any(|e| e.model == model)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use futures::future::try_join_all;
+use futures::StreamExt;
 use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::noise::gaussian_noise;
 use patchwork_shared::pb;
@@ -18,7 +19,7 @@ use patchwork_shared::wire;
 use crate::decode::{plan_chunks, Chunk};
 use crate::dispatch::{check_fence, Dispatcher};
 use crate::store::{Claimed, JobStore};
-use crate::video::{encode_mp4, RgbFrame};
+use crate::video::{Mp4Writer, RgbFrame};
 
 /// What every job runner shares.
 #[derive(Debug)]
@@ -301,21 +302,32 @@ async fn decode_and_store(
             Ok::<_, String>(frames)
         }
     });
-    let chunk_frames = tokio::select! {
-        frames = try_join_all(decodes) => frames?,
-        _ = job.cancel.cancelled() => return Ok(Outcome::Cancelled),
-    };
-    let fps = spec.fps as u32;
-    let mp4 = blocking(move || {
-        let frame_bytes = width * height * 3;
-        let frames: Vec<RgbFrame> = chunk_frames
-            .iter()
-            .flat_map(|chunk| chunk.chunks_exact(frame_bytes))
-            .map(|data| RgbFrame { width: width as u32, height: height as u32, data: data.to_vec() })
-            .collect();
-        encode_mp4(&frames, fps).map_err(|e| format!("writing the MP4: {e}"))
-    })
-    .await?;
+    // Chunks come back in order, at most a few in flight, and go straight into the encoder: only the
+    // compressed video grows with the length, not the raw frames.
+    let in_flight = ctx.dispatcher.pool.worker_count().clamp(1, 8);
+    let mut chunk_frames = futures::stream::iter(decodes).buffered(in_flight);
+    let mut writer = Some(Mp4Writer::new(width as u32, height as u32, spec.fps as u32).map_err(|e| e.to_string())?);
+    loop {
+        let next = tokio::select! {
+            next = chunk_frames.next() => next,
+            _ = job.cancel.cancelled() => return Ok(Outcome::Cancelled),
+        };
+        let Some(frames) = next else { break };
+        let frames = frames?;
+        let mut w = writer.take().ok_or("the MP4 writer was lost")?;
+        writer = Some(
+            blocking(move || {
+                for data in frames.chunks_exact(width * height * 3) {
+                    let frame = RgbFrame { width: width as u32, height: height as u32, data: data.to_vec() };
+                    w.push(&frame).map_err(|e| format!("encoding the video: {e}"))?;
+                }
+                Ok(w)
+            })
+            .await?,
+        );
+    }
+    let writer = writer.ok_or("the MP4 writer was lost")?;
+    let mp4 = blocking(move || writer.finish().map_err(|e| format!("writing the MP4: {e}"))).await?;
     let dir = ctx.data_dir.join("videos");
     let path = dir.join(format!("{}.mp4", job.id));
     let bytes = mp4.len() as u64;

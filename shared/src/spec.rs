@@ -253,7 +253,9 @@ fn window(spec: &pb::JobSpec, model: &ModelGeometry, frames: usize) -> Result<(u
     }
     // A window longer than the video is the video.
     let window = window.min(frames);
-    let overlap = opt(spec.overlap_frames, (window / 4) / tf * tf);
+    // Default: a quarter of the window to the nearest whole latent frame, at least one, less than the window.
+    let default_overlap = (((window / 4 + tf / 2) / tf).max(1) * tf).min((window - 1) / tf * tf);
+    let overlap = opt(spec.overlap_frames, default_overlap);
     if !overlap.is_multiple_of(tf) {
         return Err(FieldError::new("overlap_frames", format!("{overlap} is not a multiple of {tf}")));
     }

@@ -23,6 +23,15 @@ fn defaults_come_from_the_model() {
 }
 
 #[test]
+fn default_overlap_is_a_quarter_of_the_window_in_whole_latent_frames() {
+    for (window, overlap) in [(1, 0), (5, 4), (13, 4), (17, 4), (25, 8), (81, 20)] {
+        let wire = pb::JobSpec { frames: Some(161), window_frames: Some(window), ..base() };
+        let spec = JobSpec::validate(&wire, &ModelGeometry::wan2_1_t2v_1_3b(), 1).unwrap();
+        assert_eq!(spec.overlap_frames, overlap, "window {window}");
+    }
+}
+
+#[test]
 fn resolved_spec_validates_to_itself() {
     let mut wire = base();
     wire.frames = Some(49);

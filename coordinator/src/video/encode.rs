@@ -1,6 +1,6 @@
 //! RGB → YUV 4:2:0 → H.264 with OpenH264, regrouped into MP4-ready samples.
 
-use super::{RgbFrame, VideoError};
+use super::VideoError;
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile, QpRange, RateControlMode,
     SpsPpsStrategy, UsageType, VuiConfig,
@@ -32,46 +32,75 @@ pub(super) struct Sample {
     pub is_sync: bool,
 }
 
-/// Encodes frames whose sizes `validate` has already checked.
-pub(super) fn encode_h264(frames: &[RgbFrame], width: u32, height: u32, fps: u32) -> Result<H264Stream, VideoError> {
-    let pixels_per_second = u64::from(width) * u64::from(height) * u64::from(fps);
-    let bitrate = (pixels_per_second / 2).clamp(MIN_BITRATE, MAX_BITRATE);
-    let config = EncoderConfig::new()
-        // Threads would split work differently from run to run; one thread keeps output byte-exact.
-        .num_threads(1)
-        .max_frame_rate(FrameRate::from_hz(fps as f32))
-        .bitrate(BitRate::from_bps(bitrate as u32))
-        // Quality mode beat constant QP 26 (`Off`, whose QP the crate cannot set) by ~2 dB PSNR on
-        // smooth test content. Without frame skipping OpenH264 prints one harmless warning per video
-        // to stderr ("bitrate can't be controlled"), before its log level can be lowered.
-        .rate_control_mode(RateControlMode::Quality)
-        // A skipped frame would leave the MP4 short of frames and shift every later one in time.
-        .skip_frames(false)
-        .usage_type(UsageType::CameraVideoRealTime)
-        .complexity(Complexity::High)
-        // Below QP 10 bits go to detail no one sees; above 32 blocking shows on busy scenes.
-        .qp(QpRange::new(10, 32))
-        // Baseline: no B-frames (decode order = display order, no ctts) and every player decodes it.
-        .profile(Profile::Baseline)
-        .sps_pps_strategy(SpsPpsStrategy::ConstantId)
-        // A keyframe every two seconds keeps seeking cheap without bloating short clips.
-        .intra_frame_period(IntraFramePeriod::from_num_frames(2 * fps))
-        // Tells players the matrix used by `rgb_to_i420`, so colours come back as rendered.
-        .vui(VuiConfig::bt601());
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| VideoError::Encoder(format!("cannot create encoder: {e}")))?;
+/// An OpenH264 encoder fed one frame at a time; it keeps the compressed pictures and one YUV
+/// scratch frame, never the RGB input. `Send`: the `openh264` crate declares its `Encoder` Send
+/// (OpenH264 keeps no thread-local state), so a caller may move it between pushes.
+pub(super) struct H264Encoder {
+    encoder: Encoder,
+    width: usize,
+    height: usize,
+    fps: u32,
+    yuv: Vec<u8>,
+    stream: H264Stream,
+}
 
-    let (w, h) = (width as usize, height as usize);
-    let mut yuv = vec![0u8; w * h * 3 / 2];
-    let mut stream = H264Stream { sps: Vec::new(), pps: Vec::new(), samples: Vec::with_capacity(frames.len()) };
-    for (index, frame) in frames.iter().enumerate() {
-        rgb_to_i420(&frame.data, w, h, &mut yuv);
-        let (y, uv) = yuv.split_at(w * h);
+impl H264Encoder {
+    /// Starts an encoder for a size and frame rate that `check_fps` and `check_size` have already accepted.
+    pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, VideoError> {
+        let pixels_per_second = u64::from(width) * u64::from(height) * u64::from(fps);
+        let bitrate = (pixels_per_second / 2).clamp(MIN_BITRATE, MAX_BITRATE);
+        let config = EncoderConfig::new()
+            // Threads would split work differently from run to run; one thread keeps output byte-exact.
+            .num_threads(1)
+            .max_frame_rate(FrameRate::from_hz(fps as f32))
+            .bitrate(BitRate::from_bps(bitrate as u32))
+            // Quality mode beat constant QP 26 (`Off`, whose QP the crate cannot set) by ~2 dB PSNR on
+            // smooth test content. Without frame skipping OpenH264 prints one harmless warning per video
+            // to stderr ("bitrate can't be controlled"), before its log level can be lowered.
+            .rate_control_mode(RateControlMode::Quality)
+            // A skipped frame would leave the MP4 short of frames and shift every later one in time.
+            .skip_frames(false)
+            .usage_type(UsageType::CameraVideoRealTime)
+            .complexity(Complexity::High)
+            // Below QP 10 bits go to detail no one sees; above 32 blocking shows on busy scenes.
+            .qp(QpRange::new(10, 32))
+            // Baseline: no B-frames (decode order = display order, no ctts) and every player decodes it.
+            .profile(Profile::Baseline)
+            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
+            // A keyframe every two seconds keeps seeking cheap without bloating short clips.
+            .intra_frame_period(IntraFramePeriod::from_num_frames(2 * fps))
+            // Tells players the matrix used by `rgb_to_i420`, so colours come back as rendered.
+            .vui(VuiConfig::bt601());
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| VideoError::Encoder(format!("cannot create encoder: {e}")))?;
+        let (width, height) = (width as usize, height as usize);
+        Ok(Self {
+            encoder,
+            width,
+            height,
+            fps,
+            yuv: vec![0u8; width * height * 3 / 2],
+            stream: H264Stream { sps: Vec::new(), pps: Vec::new(), samples: Vec::new() },
+        })
+    }
+
+    /// Pictures encoded so far.
+    pub fn frames(&self) -> usize {
+        self.stream.samples.len()
+    }
+
+    /// Encodes one picture from RGB data whose length `check_frame` has already checked.
+    pub fn encode(&mut self, rgb: &[u8]) -> Result<(), VideoError> {
+        let (w, h) = (self.width, self.height);
+        let index = self.stream.samples.len();
+        rgb_to_i420(rgb, w, h, &mut self.yuv);
+        let (y, uv) = self.yuv.split_at(w * h);
         let (u, v) = uv.split_at(w * h / 4);
         let source = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
         // Timestamps from the frame index, never the clock: OpenH264's rate control reads them.
-        let millis = index as u64 * 1000 / u64::from(fps);
-        let bitstream = encoder
+        let millis = index as u64 * 1000 / u64::from(self.fps);
+        let bitstream = self
+            .encoder
             .encode_at(&source, Timestamp::from_millis(millis))
             .map_err(|e| VideoError::Encoder(format!("frame {index}: {e}")))?;
         let mut sample = Sample { data: Vec::new(), is_sync: false };
@@ -79,7 +108,7 @@ pub(super) fn encode_h264(frames: &[RgbFrame], width: u32, height: u32, fps: u32
             let Some(layer) = bitstream.layer(layer_index) else { continue };
             for nal_index in 0..layer.nal_count() {
                 let Some(nal) = layer.nal_unit(nal_index) else { continue };
-                add_nal(&mut stream, &mut sample, strip_start_code(nal)?)?;
+                add_nal(&mut self.stream, &mut sample, strip_start_code(nal)?)?;
             }
         }
         if sample.data.is_empty() {
@@ -88,12 +117,17 @@ pub(super) fn encode_h264(frames: &[RgbFrame], width: u32, height: u32, fps: u32
         if index == 0 && !sample.is_sync {
             return Err(VideoError::Encoder("the first frame is not an IDR picture".into()));
         }
-        stream.samples.push(sample);
+        self.stream.samples.push(sample);
+        Ok(())
     }
-    if stream.sps.len() < 4 || stream.pps.is_empty() {
-        return Err(VideoError::Encoder("the encoder emitted no SPS/PPS".into()));
+
+    /// Hands over the stream once it holds what the `avcC` box needs.
+    pub fn finish(self) -> Result<H264Stream, VideoError> {
+        if self.stream.sps.len() < 4 || self.stream.pps.is_empty() {
+            return Err(VideoError::Encoder("the encoder emitted no SPS/PPS".into()));
+        }
+        Ok(self.stream)
     }
-    Ok(stream)
 }
 
 /// Routes one NAL unit: parameter sets belong in the `avcC` box, not in samples, where some

@@ -13,7 +13,7 @@ const TICKS_PER_FRAME: u32 = 1000;
 /// Muxes with the movie and the track on the same timescale: `mp4` converts each sample's duration
 /// to the movie timescale with truncating integer division, which would otherwise shorten the
 /// movie header's duration (e.g. 1000/7000 s per frame becomes 142 ms at 1000 ticks per second).
-pub(super) fn write_mp4(stream: &H264Stream, width: u32, height: u32, fps: u32) -> Result<Vec<u8>, VideoError> {
+pub(super) fn write_mp4(stream: H264Stream, width: u32, height: u32, fps: u32) -> Result<Vec<u8>, VideoError> {
     let mux_err = |e: mp4::Error| VideoError::Mux(e.to_string());
     let timescale = fps * TICKS_PER_FRAME;
     let brand = |s: &[u8; 4]| FourCC { value: *s };
@@ -32,19 +32,21 @@ pub(super) fn write_mp4(stream: &H264Stream, width: u32, height: u32, fps: u32) 
         media_conf: MediaConfig::AvcConfig(AvcConfig {
             width: u16::try_from(width).map_err(|_| too_big())?,
             height: u16::try_from(height).map_err(|_| too_big())?,
-            seq_param_set: stream.sps.clone(),
-            pic_param_set: stream.pps.clone(),
+            seq_param_set: stream.sps,
+            pic_param_set: stream.pps,
         }),
     };
     writer.add_track(&track).map_err(mux_err)?;
-    for (index, sample) in stream.samples.iter().enumerate() {
+    // Each sample moves into the writer and is dropped once written, so the compressed stream is
+    // not held twice over while the file is assembled.
+    for (index, sample) in stream.samples.into_iter().enumerate() {
         let mp4_sample = Mp4Sample {
             start_time: index as u64 * u64::from(TICKS_PER_FRAME),
             duration: TICKS_PER_FRAME,
             // Baseline profile has no B-frames: decode order is display order.
             rendering_offset: 0,
             is_sync: sample.is_sync,
-            bytes: Bytes::copy_from_slice(&sample.data),
+            bytes: Bytes::from(sample.data),
         };
         writer.write_sample(1, &mp4_sample).map_err(mux_err)?;
     }

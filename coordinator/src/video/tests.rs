@@ -173,6 +173,74 @@ fn bad_inputs_are_refused_with_the_reason() {
 }
 
 #[test]
+fn writer_gives_the_same_bytes_as_encode_mp4() {
+    for (count, width, height, fps) in [(9, 64, 48, 8), (20, 64, 48, 4), (1, 32, 32, 24)] {
+        let frames = moving_square(count, width, height);
+        let whole = encode_mp4(&frames, fps).expect("encode");
+        let mut writer = Mp4Writer::new(width, height, fps).expect("writer");
+        for (i, frame) in frames.iter().enumerate() {
+            writer.push(frame).expect("push");
+            assert_eq!(writer.frames(), i + 1);
+        }
+        assert_eq!(writer.finish().expect("finish"), whole, "{count} frames {width}x{height} at {fps} fps");
+    }
+}
+
+#[test]
+fn writer_can_move_between_threads_mid_stream() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Mp4Writer>();
+    let frames = moving_square(12, 64, 48);
+    let whole = encode_mp4(&frames, 8).expect("encode");
+    let mut writer = Mp4Writer::new(64, 48, 8).expect("writer");
+    let mut frames = frames.into_iter();
+    for frame in frames.by_ref().take(5) {
+        writer.push(&frame).expect("push");
+    }
+    let bytes = std::thread::spawn(move || {
+        for frame in frames {
+            writer.push(&frame).expect("push in thread");
+        }
+        writer.finish().expect("finish in thread")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(bytes, whole);
+}
+
+#[test]
+fn writer_refuses_bad_input_like_encode_mp4() {
+    assert!(matches!(Mp4Writer::new(16, 16, 0), Err(VideoError::InvalidFps(0))));
+    assert!(matches!(Mp4Writer::new(16, 16, MAX_FPS + 1), Err(VideoError::InvalidFps(_))));
+    assert!(matches!(Mp4Writer::new(16, 15, 8), Err(VideoError::InvalidSize { width: 16, height: 15 })));
+    assert!(matches!(Mp4Writer::new(0, 16, 8), Err(VideoError::InvalidSize { .. })));
+    assert!(matches!(Mp4Writer::new(4000, 2, 8), Err(VideoError::TooLarge { width: 4000, height: 2 })));
+    let empty = Mp4Writer::new(16, 16, 8).expect("writer");
+    assert_eq!(empty.frames(), 0);
+    assert!(matches!(empty.finish(), Err(VideoError::NoFrames)));
+
+    // A refused frame changes nothing: the writer goes on, and its video is the good frames' video.
+    let good = moving_square(4, 16, 16);
+    let mut writer = Mp4Writer::new(16, 16, 8).expect("writer");
+    for frame in &good[..3] {
+        writer.push(frame).expect("push");
+    }
+    let wrong = moving_square(1, 32, 16).remove(0);
+    let err = writer.push(&wrong).expect_err("wrong size");
+    assert!(
+        matches!(err, VideoError::SizeMismatch { index: 3, width: 32, height: 16, first_width: 16, first_height: 16 }),
+        "{err}"
+    );
+    let mut short = good[3].clone();
+    short.data.pop();
+    let err = writer.push(&short).expect_err("short data");
+    assert!(matches!(err, VideoError::DataLength { index: 3, expected: 768, actual: 767, .. }), "{err}");
+    assert_eq!(writer.frames(), 3);
+    writer.push(&good[3]).expect("push after refusals");
+    assert_eq!(writer.finish().expect("finish"), encode_mp4(&good, 8).expect("encode"));
+}
+
+#[test]
 fn garbage_is_an_error_not_a_panic() {
     assert!(matches!(probe_mp4(&[]), Err(VideoError::Parse(_))));
     assert!(probe_mp4(b"definitely not an mp4 file").is_err());
