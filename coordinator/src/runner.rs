@@ -143,11 +143,11 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
             let index = window.index;
             let prompt = spec.segments[segments[index]].prompt.clone();
             async move {
-                let slice = blocking(move || Ok(extract(&latent_now, shape, &bbox))).await?;
                 let dims = bbox.latent_shape(shape.channels).dims();
+                let tensor = blocking(move || Ok(wire::f32_tensor(&dims, &extract(&latent_now, shape, &bbox)))).await?;
                 let request = pb::DenoiseRequest {
                     fence: None,
-                    latent: Some(wire::f32_tensor(&dims, &slice)),
+                    latent: Some(tensor),
                     timestep,
                     prompt,
                     negative_prompt: spec.negative_prompt.clone(),
@@ -252,8 +252,8 @@ async fn decode_and_store(
                 rows: Span::new(0, shape.height),
                 cols: Span::new(0, shape.width),
             };
-            let slice = blocking(move || Ok(extract(&latent, shape, &bbox))).await?;
             let dims = bbox.latent_shape(shape.channels).dims();
+            let tensor = blocking(move || Ok(wire::f32_tensor(&dims, &extract(&latent, shape, &bbox)))).await?;
             let frames_out = if chunk.start == 0 {
                 g.video_frames(chunk.end)
             } else {
@@ -262,7 +262,7 @@ async fn decode_and_store(
             let expected = [frames_out, height, width, 3];
             let request = pb::DecodeRequest {
                 fence: None,
-                latent: Some(wire::f32_tensor(&dims, &slice)),
+                latent: Some(tensor),
                 context_frames: chunk.context as u32,
             };
             let fence = pb::Fence {

@@ -10,7 +10,7 @@ use patchwork_shared::pb::worker_registry_server::WorkerRegistryServer;
 use patchwork_shared::pb::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
@@ -107,7 +107,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(render)
         .add_service(registry)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown.cancelled())
         .await;
     shutdown.cancel();
     scheduler.abort();
@@ -149,4 +149,10 @@ async fn reap(pool: Arc<WorkerPool>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: every request and answer is one small write that must
+/// go out at once, or each waits ~40 ms for the peer's delayed acknowledgement.
+fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

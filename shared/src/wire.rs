@@ -21,9 +21,9 @@ pub enum WireError {
 /// Encodes f32 values of `shape`.
 pub fn f32_tensor(shape: &[usize], values: &[f32]) -> pb::Tensor {
     debug_assert_eq!(shape.iter().product::<usize>(), values.len());
-    let mut data = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        data.extend_from_slice(&v.to_le_bytes());
+    let mut data = vec![0u8; values.len() * 4];
+    for (out, v) in data.chunks_exact_mut(4).zip(values) {
+        out.copy_from_slice(&v.to_le_bytes());
     }
     pb::Tensor { shape: shape.iter().map(|&d| d as u64).collect(), dtype: pb::ElementType::F32 as i32, data }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use patchwork_shared::pb::worker_registry_client::WorkerRegistryClient;
 use patchwork_shared::pb::{self, worker_service_server::WorkerServiceServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -64,7 +64,7 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let result = tonic::transport::Server::builder()
         .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown.cancelled())
         .await;
     shutdown.cancel();
     heartbeat.abort();
@@ -108,4 +108,10 @@ async fn sleep_or_stop(duration: Duration, shutdown: &CancellationToken) -> bool
         _ = tokio::time::sleep(duration) => false,
         _ = shutdown.cancelled() => true,
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: every request and answer is one small write that must
+/// go out at once, or each waits ~40 ms for the peer's delayed acknowledgement.
+fn no_delay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
