@@ -96,3 +96,18 @@ async fn render_matches_the_cluster_and_the_client_commands_work() {
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"patchwork.v1.RenderService") && names.contains(&"grpc.health.v1.Health"), "{names:?}");
 }
+
+#[test]
+fn a_model_directory_that_cannot_serve_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let out = out.to_str().unwrap();
+    // The reference fixtures' pipeline pairs a text encoder 32 wide with a transformer expecting 40.
+    let pipeline = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/reference/pipeline");
+    let (ok, _, stderr) = patchwork(&["render", "p", "--model", pipeline, "-o", out]);
+    assert!(!ok);
+    assert!(stderr.contains("text_encoder") && stderr.contains("40"), "{stderr}");
+    let (ok, _, stderr) = patchwork(&["render", "p", "--model", "/no/such/dir", "-o", out]);
+    assert!(!ok && stderr.contains("/no/such/dir"), "{stderr}");
+    assert!(!std::path::Path::new(out).exists());
+}
