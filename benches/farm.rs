@@ -2,12 +2,9 @@
 //! scales with workers. A coordinator and its workers run in this process on loopback ports and are driven
 //! through the client API, the way `patchwork render` does; no coordinator code is changed or hooked.
 //!
-//!   farm [overhead] [bytes] [scaling] [--steps N] [--delay-ms N] [--workers 1,4,16,64] [--nodelay off|on|both]
+//!   farm [overhead] [bytes] [scaling] [--steps N] [--delay-ms N] [--workers 1,4,16,64]
 //!
 //! No part named runs all three; each prints a markdown table. `tools/bench/farm.sh` builds and runs it.
-//! The coordinator and the worker serve with `serve_with_incoming`, which leaves Nagle's algorithm on for
-//! accepted connections; `--nodelay on` sets TCP_NODELAY on the listening sockets the bench hands them
-//! (Linux copies it to accepted connections) to show what the farm gets without Nagle. Default: both.
 //!
 //! - overhead: one job (33 frames of 128x128, windows of 17 frames overlapping by 4: 18 windows) on one
 //!   worker with the real tiny model, then on zero-delay load-test workers (one, and one per window). A step
@@ -58,18 +55,10 @@ struct Options {
     steps: usize,
     delay: Duration,
     workers: Vec<usize>,
-    /// Runs as shipped (false) and with TCP_NODELAY on the servers' accepted connections (true).
-    nodelay: Vec<bool>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        parts: Vec::new(),
-        steps: 6,
-        delay: Duration::from_millis(50),
-        workers: vec![1, 4, 16, 64],
-        nodelay: vec![false, true],
-    };
+    let mut o = Options { parts: Vec::new(), steps: 6, delay: Duration::from_millis(50), workers: vec![1, 4, 16, 64] };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -79,19 +68,11 @@ fn options() -> anyhow::Result<Options> {
             "--workers" => {
                 o.workers = value("--workers")?.split(',').map(str::parse).collect::<Result<_, _>>()?;
             }
-            "--nodelay" => {
-                o.nodelay = match value("--nodelay")?.as_str() {
-                    "off" => vec![false],
-                    "on" => vec![true],
-                    "both" => vec![false, true],
-                    other => bail!("--nodelay {other:?}: off, on or both"),
-                }
-            }
             // `cargo bench` passes --bench to harness-less benches.
             "--bench" => {}
             "overhead" | "bytes" | "scaling" => o.parts.push(arg),
             other => bail!(
-                "unknown argument {other:?} (parts: overhead, bytes, scaling; flags: --steps, --delay-ms, --workers, --nodelay)"
+                "unknown argument {other:?} (parts: overhead, bytes, scaling; flags: --steps, --delay-ms, --workers)"
             ),
         }
     }
@@ -228,15 +209,11 @@ struct Farm {
 impl Farm {
     /// A coordinator and one worker (capacity 1) per evaluator; with `traffic`, the coordinator reaches every
     /// worker through a counting proxy. Returns once every worker has registered.
-    async fn start(
-        evaluators: Vec<Arc<dyn Evaluator>>,
-        traffic: Option<Arc<Traffic>>,
-        nodelay: bool,
-    ) -> anyhow::Result<Self> {
+    async fn start(evaluators: Vec<Arc<dyn Evaluator>>, traffic: Option<Arc<Traffic>>) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
         let data = tempfile::tempdir()?;
         let config = CoordinatorConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
-        let listener = bind(nodelay)?;
+        let listener = bind()?;
         let address = format!("http://{}", listener.local_addr()?);
         let mut tasks = Vec::new();
         let stop = shutdown.clone();
@@ -247,7 +224,7 @@ impl Farm {
         }));
         let count = evaluators.len();
         for evaluator in evaluators {
-            let listener = bind(nodelay)?;
+            let listener = bind()?;
             let advertise = match &traffic {
                 Some(traffic) => {
                     let front = TcpListener::bind("127.0.0.1:0").await?;
@@ -290,12 +267,9 @@ impl Farm {
     }
 }
 
-/// A loopback listener on a free port. With `nodelay`, TCP_NODELAY is set on the listening socket, which
-/// Linux copies to every accepted connection: `serve_with_incoming` ignores tonic's own `tcp_nodelay`, so
-/// this is the only way to get it from outside the coordinator and worker code.
-fn bind(nodelay: bool) -> std::io::Result<TcpListener> {
+/// A loopback listener on a free port.
+fn bind() -> std::io::Result<TcpListener> {
     let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_nodelay(nodelay)?;
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     socket.listen(1024)
 }
@@ -354,37 +328,31 @@ async fn overhead(o: &Options) -> anyhow::Result<()> {
     let engine: Arc<dyn Evaluator> =
         Arc::new(tokio::task::spawn_blocking(|| Engine::load(&ModelSource::Tiny, DType::F32, &Device::Cpu)).await??);
     let mut rows = Vec::new();
-    for &nodelay in &o.nodelay {
-        let runs: Vec<(String, Vec<Arc<dyn Evaluator>>)> = vec![
-            ("tiny model (real)".into(), vec![engine.clone()]),
-            ("load test, 0 ms".into(), load_test(1, Duration::ZERO)),
-            ("load test, 0 ms".into(), load_test(windows, Duration::ZERO)),
-        ];
-        let mut real = None;
-        for (name, evaluators) in runs {
-            let workers = evaluators.len();
-            eprintln!("overhead: {name}, {workers} workers, nodelay {nodelay}");
-            let mut farm = Farm::start(evaluators, None, nodelay).await?;
-            let timing = run_job(&mut farm.client, spec.clone(), true).await;
-            farm.stop().await;
-            let timing = timing?;
-            let step = timing.steady_step();
-            let real_step = *real.get_or_insert(step);
-            rows.push(vec![
-                name,
-                workers.to_string(),
-                on_off(nodelay),
-                ms(timing.first_step()),
-                ms(step),
-                format!("{:.1}%", 100.0 * step.as_secs_f64() / real_step.as_secs_f64()),
-            ]);
-        }
+    let runs: Vec<(String, Vec<Arc<dyn Evaluator>>)> = vec![
+        ("tiny model (real)".into(), vec![engine.clone()]),
+        ("load test, 0 ms".into(), load_test(1, Duration::ZERO)),
+        ("load test, 0 ms".into(), load_test(windows, Duration::ZERO)),
+    ];
+    let mut real = None;
+    for (name, evaluators) in runs {
+        let workers = evaluators.len();
+        eprintln!("overhead: {name}, {workers} workers");
+        let mut farm = Farm::start(evaluators, None).await?;
+        let timing = run_job(&mut farm.client, spec.clone(), true).await;
+        farm.stop().await;
+        let timing = timing?;
+        let step = timing.steady_step();
+        let real_step = *real.get_or_insert(step);
+        rows.push(vec![
+            name,
+            workers.to_string(),
+            ms(timing.first_step()),
+            ms(step),
+            format!("{:.1}%", 100.0 * step.as_secs_f64() / real_step.as_secs_f64()),
+        ]);
     }
     println!("\n### Coordinator overhead per step (tiny job 33x128x128, {windows} windows, {} steps)\n", o.steps);
-    table(
-        &["evaluator", "workers", "TCP_NODELAY", "step 1 (ms)", "steps 2.. mean (ms)", "share of the real step"],
-        &rows,
-    );
+    table(&["evaluator", "workers", "step 1 (ms)", "steps 2.. mean (ms)", "share of the real step"], &rows);
 
     let mut rows = Vec::new();
     let jobs = [
@@ -617,8 +585,7 @@ async fn bytes() -> anyhow::Result<()> {
 /// Bytes each way between coordinator and a zero-delay worker for a whole job.
 async fn traffic_of(spec: pb::JobSpec) -> anyhow::Result<(u64, u64)> {
     let traffic = Arc::new(Traffic::default());
-    // Nagle only changes how bytes are cut into segments, not how many there are: set it for speed.
-    let mut farm = Farm::start(load_test(1, Duration::ZERO), Some(traffic.clone()), true).await?;
+    let mut farm = Farm::start(load_test(1, Duration::ZERO), Some(traffic.clone())).await?;
     let result = run_job(&mut farm.client, spec, false).await;
     let counted = (traffic.to_worker.load(Ordering::Relaxed), traffic.from_worker.load(Ordering::Relaxed));
     farm.stop().await;
@@ -633,8 +600,8 @@ async fn scaling(o: &Options) -> anyhow::Result<()> {
     let spec = tiny_spec(65, 208, o.steps);
     let windows = planned(&spec, &ModelGeometry::tiny())?.1.len();
     let mut rows = Vec::new();
-    for (nodelay, workers) in o.nodelay.iter().flat_map(|&n| o.workers.iter().map(move |&w| (n, w))) {
-        eprintln!("scaling: {workers} workers, nodelay {nodelay}");
+    for &workers in &o.workers {
+        eprintln!("scaling: {workers} workers");
         let log = Arc::new(Mutex::new(Vec::new()));
         let evaluators = (0..workers)
             .map(|_| {
@@ -642,7 +609,7 @@ async fn scaling(o: &Options) -> anyhow::Result<()> {
                 Arc::new(Recorded { inner, log: log.clone() }) as Arc<dyn Evaluator>
             })
             .collect();
-        let mut farm = Farm::start(evaluators, None, nodelay).await?;
+        let mut farm = Farm::start(evaluators, None).await?;
         let timing = run_job(&mut farm.client, spec.clone(), true).await;
         farm.stop().await;
         let timing = timing?;
@@ -652,7 +619,6 @@ async fn scaling(o: &Options) -> anyhow::Result<()> {
         let (gap, fill) = breakdown(&log.lock().unwrap_or_else(|p| p.into_inner()), windows, workers);
         rows.push(vec![
             workers.to_string(),
-            on_off(nodelay),
             ms(timing.first_step()),
             format!("{timed} x {}", ms(timing.steady_step())),
             ms(ideal),
@@ -672,7 +638,6 @@ async fn scaling(o: &Options) -> anyhow::Result<()> {
     table(
         &[
             "workers",
-            "TCP_NODELAY",
             "step 1 (ms)",
             "steps timed x mean (ms)",
             "ideal (ms)",
@@ -732,10 +697,6 @@ fn breakdown(log: &[(Instant, Instant)], windows: usize, workers: usize) -> (Dur
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
-}
-
-fn on_off(nodelay: bool) -> String {
-    (if nodelay { "on (bench)" } else { "off (as shipped)" }).to_string()
 }
 
 fn mib(bytes: usize) -> String {

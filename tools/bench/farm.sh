@@ -3,7 +3,7 @@
 # API; each part prints a markdown table (progress goes to stderr). About 90 s on 2 cores.
 #
 #   tools/bench/farm.sh [overhead] [bytes] [scaling] [--steps N] [--delay-ms N] [--workers 1,4,16,64]
-#                       [--nodelay off|on|both]                         (default: all three parts)
+#                       (default: all three parts)
 #
 #   overhead   step time of a tiny job (33x128x128, 18 windows) with the real tiny model on 1 worker and with
 #              zero-delay load-test workers (1, and 1 per window): the latter is the coordinator + gRPC cost
@@ -14,9 +14,6 @@
 #              the tiny job, bytes measured through a counting TCP proxy in front of the worker.
 #   scaling    1/4/16/64 load-test workers (capacity 1, DELAY per evaluation) on a 64-window job
 #              (65x208x208); efficiency = steps x ceil(windows/workers) x delay / measured, step 1 excluded.
-#
-# --nodelay: the servers accept with Nagle on (serve_with_incoming ignores tonic's tcp_nodelay); "on" sets
-# TCP_NODELAY on the listeners the bench passes in, "both" (default) runs each part both ways.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
