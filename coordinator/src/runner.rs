@@ -260,11 +260,7 @@ async fn decode_and_store(
                 (chunk.end - chunk.start) * g.temporal_factor
             };
             let expected = [frames_out, height, width, 3];
-            let request = pb::DecodeRequest {
-                fence: None,
-                latent: Some(tensor),
-                context_frames: chunk.context as u32,
-            };
+            let request = pb::DecodeRequest { fence: None, latent: Some(tensor), context_frames: chunk.context as u32 };
             let fence = pb::Fence {
                 term: 0,
                 job_id: job.id.clone(),

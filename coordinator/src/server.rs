@@ -10,8 +10,8 @@ use patchwork_shared::pb::worker_registry_server::WorkerRegistryServer;
 use patchwork_shared::pb::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::dispatch::Dispatcher;
 use crate::pool::WorkerPool;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use patchwork_shared::pb::worker_registry_client::WorkerRegistryClient;
 use patchwork_shared::pb::{self, worker_service_server::WorkerServiceServer};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::engine::Evaluator;
