@@ -140,3 +140,31 @@ async fn a_prompt_schedule_conditions_each_window_by_its_segment() {
     let (single, _) = render_with(1, several_windows(2)).await;
     assert!(video != single, "the schedule's second prompt changed nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_times_out_and_its_work_is_redone_elsewhere() {
+    let steps = 6;
+    let (undisturbed, _) = render_with(1, several_windows(steps)).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &["--eval-timeout", "2s"]);
+    let mut workers: Vec<Proc> = (0..2).map(|_| worker(&coord, &[])).collect();
+    let mut client = client(&coord).await;
+    wait_for_workers(&mut client, 2).await;
+    let job = submit(&mut client, several_windows(steps)).await;
+    let stalled = workers[0].pid().to_string();
+    let mut stopped = false;
+    let last = follow(&mut client.clone(), &job.id, JOB_LIMIT, |j| {
+        if !stopped && j.progress.as_ref().is_some_and(|p| p.step >= 1) {
+            stopped = true;
+            // SIGSTOP: the process neither answers nor dies, so only the timeout can tell.
+            let status = std::process::Command::new("kill").args(["-STOP", &stalled]).status().unwrap();
+            assert!(status.success());
+        }
+    })
+    .await;
+    assert!(stopped, "the job ended before the worker could be stopped");
+    assert_eq!(last.state, pb::JobState::Done as i32, "job ended with {last:?}");
+    assert!(fetch(&mut client, &job.id).await == undisturbed, "a stalled worker changed the video");
+    workers[0].kill();
+}
