@@ -62,6 +62,11 @@ async fn every_bad_request_is_refused_naming_its_field() {
             }),
         ),
         ("request", Box::new(|s| s.prompt = "x".repeat(2 << 20))),
+        (
+            "frames",
+            Box::new(|s| (s.frames, s.width, s.height, s.window_frames) = (Some(33), Some(3840), Some(2160), Some(5))),
+        ),
+        ("height", Box::new(|s| (s.width, s.height) = (Some(2176), Some(2176)))),
     ];
     for (field, mutate) in &cases {
         let mut spec = base();
@@ -91,6 +96,8 @@ async fn every_bad_request_is_refused_naming_its_field() {
     assert_eq!((empty.code(), empty.message()), (Code::InvalidArgument, "job_id: must not be empty"));
     let page = client.list_jobs(pb::ListJobsRequest { page_token: "zz".into(), ..Default::default() }).await;
     assert_eq!(page.unwrap_err().code(), Code::InvalidArgument);
+    let far = pb::ListJobsRequest { page_token: u64::MAX.to_string(), ..Default::default() };
+    assert!(client.list_jobs(far).await.unwrap().into_inner().jobs.is_empty());
 
     // No workers: jobs wait in the queue, which is bounded, and submission is idempotent.
     let first = client

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use patchwork_shared::pb::{self, worker_service_client::WorkerServiceClient};
 use tonic::transport::Channel;
@@ -47,31 +47,45 @@ impl Dispatcher {
         let mut failed_on: Vec<String> = Vec::new();
         let mut last = String::new();
         let mut attempts = 0;
+        let mut refused_since: Option<Instant> = None;
         while attempts < self.max_attempts {
             let lease = self.pool.acquire(model, &failed_on, what).await;
             fence.attempt = attempts;
             on_start(&lease.worker_id, attempts);
             let outcome = tokio::time::timeout(self.timeout, call(lease.client.clone(), fence.clone())).await;
-            let error = match outcome {
+            let (error, worker_at_fault) = match outcome {
                 Ok(Ok(response)) => match check(&fence, response.into_inner()) {
                     Ok(result) => {
                         self.pool.succeeded(&lease.worker_id);
                         return Ok(result);
                     }
-                    Err(malformed) => format!("malformed answer: {malformed}"),
+                    Err(malformed) => (format!("malformed answer: {malformed}"), true),
                 },
                 Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
-                    // The worker is full (its slots are shared with someone else): not its fault; wait a
-                    // moment and ask again without counting an attempt.
-                    drop(lease);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
+                    // The worker is full (busy with work someone else gave it, or still finishing an
+                    // abandoned request): not a failure, until it has refused for longer than an
+                    // evaluation may take.
+                    let since = *refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < self.timeout {
+                        self.pool.rest(&lease.worker_id, Duration::from_millis(50));
+                        drop(lease);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    (format!("refused work for {:?}: {}", since.elapsed(), status.message()), true)
                 }
-                Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
-                Err(_) => format!("no answer within {:?}", self.timeout),
+                // The worker says the request itself is wrong: try elsewhere, but do not blame the worker.
+                Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                    (format!("{}: {}", status.code(), status.message()), false)
+                }
+                Ok(Err(status)) => (format!("{}: {}", status.code(), status.message()), true),
+                Err(_) => (format!("no answer within {:?}", self.timeout), true),
             };
+            refused_since = None;
             tracing::warn!(worker = %lease.worker_id, %what, attempt = attempts, %error, "evaluation failed; retrying elsewhere");
-            self.pool.failed(&lease.worker_id);
+            if worker_at_fault {
+                self.pool.failed(&lease.worker_id);
+            }
             failed_on.push(lease.worker_id.clone());
             last = format!("worker {}: {error}", lease.worker_id);
             attempts += 1;

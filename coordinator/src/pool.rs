@@ -104,6 +104,16 @@ impl WorkerPool {
             .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_WORKER_MESSAGE_BYTES);
         let mut inner = self.lock();
+        if let Some(known) = inner.models.get(&geometry.name) {
+            if *known != geometry {
+                // Jobs were validated and planned against the known geometry; a second one under the same
+                // name would change their windows.
+                return Err(FieldError::new(
+                    "description.model",
+                    format!("model {:?} is known with another geometry: {known:?}", geometry.name),
+                ));
+            }
+        }
         inner.workers.retain(|_, e| e.address != address);
         inner.next_id += 1;
         let id = format!("w{}", inner.next_id);
@@ -241,6 +251,13 @@ impl WorkerPool {
         }
     }
 
+    /// Leaves a worker that refused work (at capacity) out of the next choices for `pause`.
+    pub fn rest(&self, id: &str, pause: Duration) {
+        if let Some(entry) = self.lock().workers.get_mut(id) {
+            entry.unhealthy_until = Some(Instant::now() + pause);
+        }
+    }
+
     /// Counts a failed evaluation and rests the worker for two heartbeat intervals.
     pub fn failed(&self, id: &str) {
         if let Some(entry) = self.lock().workers.get_mut(id) {
@@ -296,5 +313,31 @@ impl WorkerPool {
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
         (workers, models)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn description(geometry: &ModelGeometry) -> pb::WorkerDescription {
+        pb::WorkerDescription { model: Some(pb::ModelInfo::from(geometry)), capacity: 1, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_known_model_name_with_another_geometry_is_refused() {
+        let pool = WorkerPool::new(Duration::from_secs(1));
+        let mut impostor = ModelGeometry::tiny();
+        impostor.name = "wan2.1-t2v-1.3b".into();
+        let err = pool.register("http://127.0.0.1:1", description(&impostor)).unwrap_err();
+        assert_eq!(err.field, "description.model");
+        assert_eq!(pool.model("wan2.1-t2v-1.3b"), Some(ModelGeometry::wan2_1_t2v_1_3b()));
+        let id = pool.register("http://127.0.0.1:1", description(&ModelGeometry::tiny())).unwrap();
+        assert!(pool.serves("tiny") && !pool.serves("wan2.1-t2v-1.3b"));
+        // Registering the same address again replaces the earlier registration.
+        let again = pool.register("http://127.0.0.1:1", description(&ModelGeometry::tiny())).unwrap();
+        assert_ne!(id, again);
+        assert_eq!(pool.worker_count(), 1);
+        assert!(!pool.heartbeat(&id) && pool.heartbeat(&again));
     }
 }

@@ -32,6 +32,9 @@ pub struct JobContext {
     pub decode_context: usize,
 }
 
+/// Largest decoded chunk, in bytes of RGB frames: well inside the worker message limit.
+const MAX_DECODE_REPLY_BYTES: usize = 256 << 20;
+
 enum Outcome {
     Done(PathBuf, u64),
     Cancelled,
@@ -234,7 +237,11 @@ async fn decode_and_store(
     shape: LatentShape,
     latent: Vec<f32>,
 ) -> Result<Outcome, String> {
-    let chunks = plan_chunks(shape.frames, ctx.decode_chunk, ctx.decode_context);
+    // Chunks small enough that their frames fit one message: at most `decode_chunk` latent frames and about
+    // 256 MiB of RGB.
+    let frame_bytes = spec.width * spec.height * 3 * g.temporal_factor;
+    let chunk = ctx.decode_chunk.min((MAX_DECODE_REPLY_BYTES / frame_bytes).max(1));
+    let chunks = plan_chunks(shape.frames, chunk, ctx.decode_context);
     ctx.store.update(&job.id, |j| {
         j.state = pb::JobState::Decoding as i32;
         if let Some(p) = j.progress.as_mut() {

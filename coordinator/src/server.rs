@@ -58,8 +58,37 @@ impl Default for CoordinatorConfig {
     }
 }
 
+impl CoordinatorConfig {
+    /// Refuses settings the coordinator cannot run with, naming the setting.
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        let bad = |setting: &'static str, why: &'static str| Err(CoordinatorError::Config { setting, why });
+        if self.heartbeat.is_zero() {
+            return bad("heartbeat", "must be longer than zero");
+        }
+        if self.eval_timeout.is_zero() {
+            return bad("eval_timeout", "must be longer than zero");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1");
+        }
+        if self.queue_limit == 0 || self.max_running_jobs == 0 {
+            return bad("queue_limit and max_running_jobs", "must be at least 1");
+        }
+        if self.decode_chunk == 0 {
+            return bad("decode_chunk", "must be at least 1");
+        }
+        if self.decode_context == 0 {
+            // Without context a chunk's first latent frame decodes as a video's first: 1 frame, not 4.
+            return bad("decode_context", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
+    #[error("{setting}: {why}")]
+    Config { setting: &'static str, why: &'static str },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("serving: {0}")]
@@ -74,6 +103,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| CoordinatorError::DataDir { path: config.data_dir.clone(), source })?;
     tracing::info!(
@@ -155,4 +185,20 @@ async fn reap(pool: Arc<WorkerPool>, shutdown: CancellationToken) {
 /// go out at once, or each waits ~40 ms for the peer's delayed acknowledgement.
 fn no_delay(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_the_coordinator_cannot_run_with_are_named() {
+        assert!(CoordinatorConfig::default().validate().is_ok());
+        let zero_beat = CoordinatorConfig { heartbeat: Duration::ZERO, ..Default::default() };
+        assert_eq!(zero_beat.validate().unwrap_err().to_string(), "heartbeat: must be longer than zero");
+        let no_context = CoordinatorConfig { decode_context: 0, ..Default::default() };
+        assert!(no_context.validate().unwrap_err().to_string().starts_with("decode_context"));
+        let no_attempts = CoordinatorConfig { max_attempts: 0, ..Default::default() };
+        assert!(no_attempts.validate().unwrap_err().to_string().starts_with("max_attempts"));
+    }
 }

@@ -38,6 +38,8 @@ struct Inner {
     queue: BinaryHeap<(i32, Reverse<u64>, String)>,
     next_seq: u64,
     running: usize,
+    /// Jobs in state QUEUED (the heap may still hold cancelled ones until they are popped).
+    queued: usize,
 }
 
 /// What a job runner gets when the scheduler hands it a job.
@@ -86,8 +88,8 @@ impl JobStore {
                 return Ok((existing.job.clone(), false));
             }
         }
-        if inner.queue.len() >= self.queue_limit {
-            return Err(SubmitError::QueueFull(inner.queue.len()));
+        if inner.queued >= self.queue_limit {
+            return Err(SubmitError::QueueFull(inner.queued));
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -101,6 +103,7 @@ impl JobStore {
             ..Default::default()
         };
         inner.queue.push((spec.priority, Reverse(seq), id.clone()));
+        inner.queued += 1;
         if !request_id.is_empty() {
             inner.by_request.insert(request_id.to_string(), id.clone());
         }
@@ -139,6 +142,7 @@ impl JobStore {
             record.updates.send_replace(record.job.clone());
             claimed = Some(Claimed { id: entry.2, spec: record.spec.clone(), cancel: record.cancel.clone() });
             inner.running += 1;
+            inner.queued -= 1;
             break;
         }
         inner.queue.extend(skipped);
@@ -173,12 +177,16 @@ impl JobStore {
         let mut inner = self.lock();
         let record = inner.jobs.get_mut(id)?;
         record.cancel.cancel();
-        if record.job.state == pb::JobState::Queued as i32 {
+        let was_queued = record.job.state == pb::JobState::Queued as i32;
+        if was_queued {
             record.job.state = pb::JobState::Cancelled as i32;
             record.job.finished_ms = now_ms();
             record.updates.send_replace(record.job.clone());
         }
         let job = record.job.clone();
+        if was_queued {
+            inner.queued -= 1;
+        }
         drop(inner);
         self.changes.send_modify(|v| *v += 1);
         Some(job)
@@ -227,8 +235,7 @@ impl JobStore {
     /// (queued, running) job counts.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
-        let queued = inner.jobs.values().filter(|r| r.job.state == pb::JobState::Queued as i32).count();
-        (queued, inner.running)
+        (inner.queued, inner.running)
     }
 }
 
@@ -289,6 +296,12 @@ mod tests {
         assert_eq!(job.state, pb::JobState::Cancelled as i32);
         assert!(store.claim_next(|_| true).is_none());
         assert!(store.video("a").unwrap_err().message().contains("CANCELLED"));
+        // Cancelled jobs do not count against the queue's bound.
+        let small = JobStore::new(1);
+        small.submit("x".into(), spec(0), "").unwrap();
+        small.cancel("x");
+        small.submit("y".into(), spec(0), "").unwrap();
+        assert_eq!(small.counts(), (1, 0));
         assert_eq!(store.video("zz").unwrap_err().code(), tonic::Code::NotFound);
     }
 }

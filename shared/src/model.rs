@@ -76,9 +76,14 @@ impl ModelGeometry {
         (latent_frames - 1) * self.temporal_factor + 1
     }
 
-    /// What a frame's width and height must be multiples of: a whole number of patches of latent pixels.
-    pub fn size_multiple(&self) -> usize {
-        self.spatial_factor * self.patch[1].max(self.patch[2])
+    /// What a frame's width must be a multiple of: a whole number of patches of latent pixels.
+    pub fn width_multiple(&self) -> usize {
+        self.spatial_factor * self.patch[2]
+    }
+
+    /// What a frame's height must be a multiple of.
+    pub fn height_multiple(&self) -> usize {
+        self.spatial_factor * self.patch[1]
     }
 }
 
@@ -143,9 +148,9 @@ impl TryFrom<&pb::ModelInfo> for ModelGeometry {
         if !(geometry.native_frames - 1).is_multiple_of(geometry.temporal_factor) {
             return Err(FieldError::new("model.native_frames", "must be 1 + a multiple of temporal_factor"));
         }
-        let multiple = geometry.size_multiple();
-        if !geometry.native_width.is_multiple_of(multiple) || !geometry.native_height.is_multiple_of(multiple) {
-            return Err(FieldError::new("model.native_width", format!("native sizes must be multiples of {multiple}")));
+        let (wm, hm) = (geometry.width_multiple(), geometry.height_multiple());
+        if !geometry.native_width.is_multiple_of(wm) || !geometry.native_height.is_multiple_of(hm) {
+            return Err(FieldError::new("model.native_width", format!("native sizes must be multiples of {wm}x{hm}")));
         }
         if !(geometry.default_shift.is_finite() && geometry.default_shift > 0.0) {
             return Err(FieldError::new("model.default_shift", "must be positive"));
@@ -182,6 +187,6 @@ mod tests {
         assert_eq!(g.latent_frames(81), 21);
         assert_eq!(g.video_frames(21), 81);
         assert_eq!(g.latent_frames(1), 1);
-        assert_eq!(g.size_multiple(), 16);
+        assert_eq!((g.width_multiple(), g.height_multiple()), (16, 16));
     }
 }

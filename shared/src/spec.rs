@@ -13,8 +13,9 @@ pub const MAX_PROMPT_BYTES: usize = 4096;
 pub const MAX_SEGMENTS: usize = 256;
 /// Longest video, in frames (about 4 minutes at 16 fps).
 pub const MAX_FRAMES: usize = 4001;
-/// Largest frame side, in pixels.
-pub const MAX_SIDE: usize = 4096;
+/// Largest frame sides, in pixels (H.264 level 5.1: 3840x2160 either way round).
+pub const MAX_LONG_SIDE: usize = 3840;
+pub const MAX_SHORT_SIDE: usize = 2160;
 /// Largest latent a job may have, in values: the coordinator holds a few copies of it in f32.
 pub const MAX_LATENT_VALUES: usize = 1 << 27;
 /// Highest frame rate.
@@ -88,8 +89,14 @@ impl JobSpec {
                 format!("{frames} is not 1 + a multiple of {tf} (the VAE packs {tf} frames in one latent frame)"),
             ));
         }
-        let width = side("width", opt(spec.width, model.native_width), model)?;
-        let height = side("height", opt(spec.height, model.native_height), model)?;
+        let width = side("width", opt(spec.width, model.native_width), model.width_multiple(), model)?;
+        let height = side("height", opt(spec.height, model.native_height), model.height_multiple(), model)?;
+        if width.min(height) > MAX_SHORT_SIDE {
+            return Err(FieldError::new(
+                "height",
+                format!("{width}x{height} is larger than the video encoder takes ({MAX_LONG_SIDE}x{MAX_SHORT_SIDE} either way)"),
+            ));
+        }
         let latent_values = model.latent_channels
             * model.latent_frames(frames)
             * (width / model.spatial_factor)
@@ -227,10 +234,9 @@ fn segments(spec: &pb::JobSpec) -> Result<Vec<Segment>, FieldError> {
     }
 }
 
-fn side(field: &str, value: usize, model: &ModelGeometry) -> Result<usize, FieldError> {
-    let multiple = model.size_multiple();
-    if value < multiple || value > MAX_SIDE {
-        return Err(FieldError::new(field, format!("{value} is out of range {multiple}..={MAX_SIDE}")));
+fn side(field: &str, value: usize, multiple: usize, model: &ModelGeometry) -> Result<usize, FieldError> {
+    if value < multiple || value > MAX_LONG_SIDE {
+        return Err(FieldError::new(field, format!("{value} is out of range {multiple}..={MAX_LONG_SIDE}")));
     }
     if !value.is_multiple_of(multiple) {
         return Err(FieldError::new(

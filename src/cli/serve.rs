@@ -143,6 +143,7 @@ pub fn stop_on_signals(token: CancellationToken) {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    args.config().validate()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // The first line on stdout, for scripts and tests that bind port 0.
     println!("coordinator listening on {}", listener.local_addr()?);

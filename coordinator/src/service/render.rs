@@ -15,10 +15,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::pool::WorkerPool;
+use crate::runner::plan;
 use crate::store::{is_terminal, now_ms, JobStore, SubmitError};
 
 /// Largest SubmitJob request; larger ones get INVALID_ARGUMENT naming `request`.
 pub const MAX_SUBMIT_BYTES: usize = 1 << 20;
+/// Most windows one job may have (each is a request per step and an entry in the job's progress).
+pub const MAX_WINDOWS: usize = 4096;
 /// Bytes per FetchVideo message.
 const VIDEO_CHUNK_BYTES: usize = 1 << 20;
 const DEFAULT_PAGE: usize = 50;
@@ -91,6 +94,21 @@ impl RenderService for RenderApi {
         })?;
         let fallback_seed = now_ms() ^ 0x9e37_79b9_7f4a_7c15;
         let spec = JobSpec::validate(&spec, &model, fallback_seed)?;
+        // Plan now, so that a job the runner could not plan, or one of absurdly many windows, is refused here.
+        let plan = plan(&spec, &model).map_err(|e| FieldError::new("window_frames", e))?;
+        if plan.windows.len() > MAX_WINDOWS {
+            return Err(FieldError::new(
+                "frames",
+                format!(
+                    "{} frames of {}x{} make {} windows, more than {MAX_WINDOWS}: use longer windows or a smaller video",
+                    spec.frames,
+                    spec.width,
+                    spec.height,
+                    plan.windows.len()
+                ),
+            )
+            .into());
+        }
         let id = self.new_id();
         let (job, created) = self.store.submit(id, spec, &req.request_id).map_err(|e| match e {
             SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
@@ -125,7 +143,8 @@ impl RenderService for RenderApi {
             req.page_token.parse().map_err(|_| FieldError::new("page_token", "is not a token this server gave"))?
         };
         let jobs = self.store.list(&req.states);
-        let end = (offset + page).min(jobs.len());
+        let offset = offset.min(jobs.len());
+        let end = offset.saturating_add(page).min(jobs.len());
         let next_page_token = if end < jobs.len() { end.to_string() } else { String::new() };
         let jobs = jobs.get(offset.min(end)..end).map(<[pb::Job]>::to_vec).unwrap_or_default();
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
@@ -154,8 +173,10 @@ impl RenderService for RenderApi {
                 if tx.send(Ok(job)).await.is_err() || done {
                     return;
                 }
-                if updates.changed().await.is_err() {
-                    return;
+                // A client that leaves ends the task, even if the job never changes again.
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
                 }
             }
         });
