@@ -1,6 +1,7 @@
 //! The patchwork coordinator: the client API, the job store and queue, the worker pool, the per-job
 //! sampling loop over windows, chunked decoding and MP4 muxing.
 
+pub mod checkpoint;
 pub mod decode;
 pub mod dispatch;
 pub mod pool;
