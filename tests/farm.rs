@@ -168,3 +168,33 @@ async fn a_stalled_worker_times_out_and_its_work_is_redone_elsewhere() {
     assert!(fetch(&mut client, &job.id).await == undisturbed, "a stalled worker changed the video");
     workers[0].kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_written_while_a_job_runs_and_change_nothing() {
+    let steps = 5;
+    let (plain, _) = render_with(1, several_windows(steps)).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &["--checkpoint-every", "1"]);
+    let _worker = worker(&coord, &[]);
+    let mut client = client(&coord).await;
+    wait_for_workers(&mut client, 1).await;
+    let job = submit(&mut client, several_windows(steps)).await;
+    let path = data.path().join("checkpoints").join(format!("{}.ckpt", job.id));
+    let mut seen = Vec::new();
+    let last = follow(&mut client.clone(), &job.id, JOB_LIMIT, |j| {
+        let step = j.progress.as_ref().map_or(0, |p| p.step) as usize;
+        if step >= 1 && j.state == pb::JobState::Denoising as i32 {
+            if let Ok(checkpoint) = patchwork_coordinator::checkpoint::read(&path, &job.id) {
+                assert_eq!(checkpoint.dims, [16, 9, 8, 16]);
+                seen.push(checkpoint.step);
+            }
+        }
+    })
+    .await;
+    assert_eq!(last.state, pb::JobState::Done as i32, "job ended with {last:?}");
+    assert!(!seen.is_empty(), "no checkpoint was readable while the job ran");
+    assert!(seen.iter().all(|&s| (1..=steps as usize).contains(&s)), "{seen:?}");
+    assert!(!path.exists(), "the checkpoint outlived its job");
+    assert!(fetch(&mut client, &job.id).await == plain, "checkpointing changed the video");
+}

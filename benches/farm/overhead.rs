@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
+use patchwork_coordinator::checkpoint::{self, Checkpoint};
 use patchwork_coordinator::store::JobStore;
 use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::noise::gaussian_noise;
@@ -61,10 +62,11 @@ pub async fn run(o: &Options) -> anyhow::Result<()> {
         eprintln!("overhead: coordinator work for {name}");
         let (spec, plan) = planned(&spec, &g)?;
         let work = tokio::task::spawn_blocking(move || coordinator_work(&spec, &plan)).await??;
-        let total: Duration = work.parts.iter().sum();
+        let total: Duration = work.parts[..5].iter().sum();
         let mut row = vec![name.to_string(), work.windows.to_string(), work.values.to_string()];
-        row.extend(work.parts.iter().map(|&d| ms(d)));
+        row.extend(work.parts[..5].iter().map(|&d| ms(d)));
         row.push(ms(total));
+        row.push(ms(work.parts[5]));
         rows.push(row);
     }
     println!("\n### Coordinator CPU work per step, timed in-process (median of repeats; no gRPC)\n");
@@ -79,6 +81,7 @@ pub async fn run(o: &Options) -> anyhow::Result<()> {
             "sampler (ms)",
             "store updates (ms)",
             "total (ms)",
+            "checkpoint write, not in total (ms)",
         ],
         &rows,
     );
@@ -88,8 +91,9 @@ pub async fn run(o: &Options) -> anyhow::Result<()> {
 struct Work {
     windows: usize,
     values: usize,
-    /// Extract + encode + clone, decode, fuse, sampler, store updates.
-    parts: [Duration; 5],
+    /// Extract + encode + clone, decode, fuse, sampler, store updates; then a checkpoint write (latent and
+    /// sampler state, fsynced), which runs only on the steps a checkpoint is due.
+    parts: [Duration; 6],
 }
 
 /// The coordinator's work in one step, done as `runner.rs` does it, timed piece by piece: each window's
@@ -120,10 +124,11 @@ fn coordinator_work(spec: &JobSpec, plan: &WindowPlan) -> anyhow::Result<Work> {
             (0..plan.len()).map(|i| pb::WindowProgress { index: i as u32, ..Default::default() }).collect();
     });
     let mut sampler = FlowSampler::new(spec.sampler, 50, spec.shift)?;
-    let mut samples: Vec<[Duration; 5]> = Vec::new();
+    let mut samples: Vec<[Duration; 6]> = Vec::new();
+    let checkpoints = tempfile::tempdir()?;
     let budget = Instant::now();
     while samples.len() < 3 || (samples.len() < 15 && budget.elapsed() < Duration::from_secs(3)) {
-        let mut parts = [Duration::ZERO; 5];
+        let mut parts = [Duration::ZERO; 6];
         let t = Instant::now();
         let mut sent = 0;
         for w in &plan.windows {
@@ -170,6 +175,12 @@ fn coordinator_work(spec: &JobSpec, plan: &WindowPlan) -> anyhow::Result<Work> {
         }
         store.update(&id, |j| j.progress.get_or_insert_with(Default::default).step += 1);
         parts[4] = t.elapsed();
+        let t = Instant::now();
+        let step = sampler.step_index();
+        let checkpoint = Checkpoint { job_id: id.clone(), step, dims, latent: next, sampler: sampler.clone() };
+        checkpoint::write(&checkpoints.path().join("job.ckpt"), &checkpoint)?;
+        parts[5] = t.elapsed();
+        let next = checkpoint.latent;
         anyhow::ensure!(next.len() == latent.len() && sent > 0, "lost values");
         samples.push(parts);
     }
@@ -178,5 +189,5 @@ fn coordinator_work(spec: &JobSpec, plan: &WindowPlan) -> anyhow::Result<Work> {
         v.sort();
         v[v.len() / 2]
     };
-    Ok(Work { windows: plan.len(), values: shape.len(), parts: [0, 1, 2, 3, 4].map(median) })
+    Ok(Work { windows: plan.len(), values: shape.len(), parts: [0, 1, 2, 3, 4, 5].map(median) })
 }

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use futures::future::try_join_all;
@@ -16,6 +17,7 @@ use patchwork_shared::spec::JobSpec;
 use patchwork_shared::windows::{extract, plan_windows, Fusion, LatentShape, PlanRequest, Span, WindowBox, WindowPlan};
 use patchwork_shared::wire;
 
+use crate::checkpoint::{self, Checkpoint};
 use crate::decode::{plan_chunks, Chunk};
 use crate::dispatch::{check_fence, Dispatcher};
 use crate::store::{Claimed, JobStore};
@@ -30,6 +32,16 @@ pub struct JobContext {
     /// Latent frames each decode chunk produces, and the latent frames of causal context before it.
     pub decode_chunk: usize,
     pub decode_context: usize,
+    /// Write the latent and sampler state every this many steps (0: never) or when this long has passed
+    /// since the last checkpoint, whichever comes first.
+    pub checkpoint_every: usize,
+    pub checkpoint_interval: Option<Duration>,
+}
+
+impl JobContext {
+    fn checkpoint_path(&self, job: &str) -> PathBuf {
+        self.data_dir.join("checkpoints").join(format!("{job}.ckpt"))
+    }
 }
 
 /// Largest decoded chunk, in bytes of RGB frames: well inside the worker message limit.
@@ -44,6 +56,8 @@ enum Outcome {
 pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
     tracing::info!(job = %job.id, spec = %job.spec, "job started");
     let result = render(&ctx, &job).await;
+    // A finished job needs no checkpoint; there is nothing to resume.
+    let _ = tokio::fs::remove_file(ctx.checkpoint_path(&job.id)).await;
     match result {
         Ok(Outcome::Done(path, bytes)) => {
             tracing::info!(job = %job.id, path = %path.display(), bytes, "job done");
@@ -134,6 +148,7 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         blocking(move || Ok((Arc::new(Fusion::new(&plan)), gaussian_noise(seed, shape.len())))).await?
     };
     let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
+    let mut last_checkpoint = Instant::now();
     for step in 0..spec.steps {
         if job.cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
@@ -202,6 +217,9 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         };
         let fusion = fusion.clone();
         let latent_prev = latent_now.clone();
+        let due = (ctx.checkpoint_every > 0 && (step + 1) % ctx.checkpoint_every == 0)
+            || ctx.checkpoint_interval.is_some_and(|every| last_checkpoint.elapsed() >= every);
+        let checkpoint_to = due.then(|| (ctx.checkpoint_path(&job.id), job.id.clone()));
         let (next, sampler_after) = blocking(move || {
             let refs: Vec<&[f32]> = outputs.iter().map(Vec::as_slice).collect();
             let velocity = fusion.fuse(&refs).map_err(|e| e.to_string())?;
@@ -211,9 +229,20 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                 Tensor::from_slice(latent_prev.as_slice(), dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
             let next = sampler.step(&v, &x).map_err(|e| e.to_string())?;
             let values = next.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
+            if let Some((path, job_id)) = checkpoint_to {
+                let checkpoint = Checkpoint { job_id, step: step + 1, dims, latent: values, sampler };
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                checkpoint::write(&path, &checkpoint).map_err(|e| format!("checkpoint: {e}"))?;
+                return Ok((checkpoint.latent, checkpoint.sampler));
+            }
             Ok((values, sampler))
         })
         .await?;
+        if due {
+            last_checkpoint = Instant::now();
+        }
         latent = next;
         sampler = sampler_after;
         ctx.store.update(&job.id, |j| {

@@ -41,6 +41,10 @@ pub struct CoordinatorConfig {
     /// Latent frames per decode chunk, and latent frames of causal context before each.
     pub decode_chunk: usize,
     pub decode_context: usize,
+    /// Checkpoint every this many steps (0: never), or after this long, whichever comes first. Until
+    /// jobs are durable (cluster mode) nothing resumes from them; they measure the cost.
+    pub checkpoint_every: usize,
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for CoordinatorConfig {
@@ -54,6 +58,8 @@ impl Default for CoordinatorConfig {
             max_attempts: 5,
             decode_chunk: 8,
             decode_context: 8,
+            checkpoint_every: 0,
+            checkpoint_interval: None,
         }
     }
 }
@@ -118,6 +124,8 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         decode_chunk: config.decode_chunk,
         decode_context: config.decode_context,
+        checkpoint_every: config.checkpoint_every,
+        checkpoint_interval: config.checkpoint_interval,
     });
     let scheduler = tokio::spawn(schedule(context, config.max_running_jobs, shutdown.clone()));
     let reaper = tokio::spawn(reap(pool.clone(), shutdown.clone()));

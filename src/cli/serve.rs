@@ -45,6 +45,13 @@ pub struct CoordinatorArgs {
     /// far back, and a chunk's first frames converge to the whole decode as this grows.
     #[arg(long, env = "PATCHWORK_DECODE_CONTEXT", default_value_t = 8)]
     pub decode_context: usize,
+    /// Write each running job's latent and sampler state every this many steps (0: never) to
+    /// DATA_DIR/checkpoints; removed when the job ends. Resuming from them arrives with cluster mode.
+    #[arg(long, env = "PATCHWORK_CHECKPOINT_EVERY", default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Also checkpoint when this long has passed since the last one.
+    #[arg(long, env = "PATCHWORK_CHECKPOINT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 impl CoordinatorArgs {
@@ -58,6 +65,8 @@ impl CoordinatorArgs {
             max_attempts: self.max_attempts,
             decode_chunk: self.decode_chunk,
             decode_context: self.decode_context,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_interval: self.checkpoint_interval,
         }
     }
 }
