@@ -30,20 +30,25 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Runs `call` on a worker serving `model` until it succeeds and `check` accepts the answer.
+    /// `check` decodes and validates tensors, so it runs on the blocking pool, not the async runtime.
     /// `on_start(worker, attempt)` is told where each attempt runs.
-    pub async fn run<T, R, F, Fut>(
+    pub async fn run<T, R, F, Fut, C>(
         &self,
         model: &str,
         what: &str,
         mut fence: pb::Fence,
         on_start: impl Fn(&str, u32),
         call: F,
-        check: impl Fn(&pb::Fence, T) -> Result<R, String>,
+        check: C,
     ) -> Result<R, DispatchError>
     where
         F: Fn(WorkerServiceClient<Channel>, pb::Fence) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        C: Fn(&pb::Fence, T) -> Result<R, String> + Send + Sync + 'static,
+        T: Send + 'static,
+        R: Send + 'static,
     {
+        let check = Arc::new(check);
         let mut failed_on: Vec<String> = Vec::new();
         let mut last = String::new();
         let mut attempts = 0;
@@ -54,7 +59,7 @@ impl Dispatcher {
             on_start(&lease.worker_id, attempts);
             let outcome = tokio::time::timeout(self.timeout, call(lease.client.clone(), fence.clone())).await;
             let (error, worker_at_fault) = match outcome {
-                Ok(Ok(response)) => match check(&fence, response.into_inner()) {
+                Ok(Ok(response)) => match checked(&check, &fence, response.into_inner()).await {
                     Ok(result) => {
                         self.pool.succeeded(&lease.worker_id);
                         return Ok(result);
@@ -92,6 +97,19 @@ impl Dispatcher {
         }
         Err(DispatchError::Exhausted { what: what.to_string(), attempts, last })
     }
+}
+
+/// Runs `check` on the blocking pool.
+async fn checked<T, R, C>(check: &Arc<C>, fence: &pb::Fence, answer: T) -> Result<R, String>
+where
+    C: Fn(&pb::Fence, T) -> Result<R, String> + Send + Sync + 'static,
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let (check, fence) = (check.clone(), fence.clone());
+    tokio::task::spawn_blocking(move || check(&fence, answer))
+        .await
+        .unwrap_or_else(|e| Err(format!("checking the answer failed: {e}")))
 }
 
 /// Checks that an answer carries the fence its request did.

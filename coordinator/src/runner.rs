@@ -193,7 +193,7 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                             request.fence = Some(fence);
                             async move { client.denoise(request).await }
                         },
-                        |fence, response: pb::DenoiseResponse| {
+                        move |fence, response: pb::DenoiseResponse| {
                             check_fence(fence, response.fence.as_ref())?;
                             let (_, values) = wire::read_f32("output", response.output.as_ref(), Some(&dims))
                                 .map_err(|e| e.to_string())?;
@@ -317,7 +317,7 @@ async fn decode_and_store(
                         request.fence = Some(fence);
                         async move { client.decode(request).await }
                     },
-                    |fence, response: pb::DecodeResponse| {
+                    move |fence, response: pb::DecodeResponse| {
                         check_fence(fence, response.fence.as_ref())?;
                         let (_, data) =
                             wire::read_u8("frames", response.frames, Some(&expected)).map_err(|e| e.to_string())?;
