@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork_shared::pb;
 
-use cli::client::{connect, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs};
+use cli::client::{connect, connect_leader, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs};
 use cli::render::RenderArgs;
 use cli::serve::{CoordinatorArgs, WorkerArgs};
 use cli::spec::SpecArgs;
@@ -160,7 +160,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cancel(args) => {
-            let mut client = connect(&args.client.coordinator).await?;
+            let mut client = connect_leader(&args.client.coordinator).await?;
             let job = client
                 .cancel_job(pb::CancelJobRequest { job_id: args.job_id })
                 .await
@@ -213,7 +213,7 @@ fn parse_state(name: &str) -> anyhow::Result<i32> {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.client.coordinator).await?;
+    let mut client = connect_leader(&args.client.coordinator).await?;
     let spec = args.spec.to_spec(&args.model)?;
     let response = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec), request_id: args.request_id })

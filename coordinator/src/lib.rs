@@ -2,6 +2,7 @@
 //! sampling loop over windows, chunked decoding and MP4 muxing.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod decode;
 pub mod dispatch;
 pub mod pool;

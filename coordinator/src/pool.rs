@@ -18,6 +18,11 @@ pub const MAX_WORKER_MESSAGE_BYTES: usize = 512 << 20;
 
 #[derive(Debug)]
 struct Entry {
+    /// The worker's stable name (its address when it registers over gRPC) and registration generation.
+    name: String,
+    generation: u64,
+    /// Registered through etcd: its lease, not heartbeats here, says whether it is alive.
+    in_etcd: bool,
     address: String,
     client: WorkerServiceClient<Channel>,
     description: pb::WorkerDescription,
@@ -88,8 +93,67 @@ impl WorkerPool {
         self.heartbeat
     }
 
-    /// Adds a worker, replacing an earlier registration at the same address. Returns its new id.
+    /// Adds a worker that registered over gRPC, replacing an earlier registration at the same address.
+    /// Returns its new id.
     pub fn register(&self, address: &str, description: pb::WorkerDescription) -> Result<String, FieldError> {
+        let mut id = String::new();
+        self.add(address, 1, address, description, false, |inner| {
+            inner.next_id += 1;
+            id = format!("w{}", inner.next_id);
+            id.clone()
+        })?;
+        Ok(id)
+    }
+
+    /// Adds or replaces a worker registered in etcd (cluster mode). Its id is `name#generation`, the same on
+    /// every coordinator.
+    pub fn register_member(&self, record: pb::WorkerRecord) -> Result<String, FieldError> {
+        if record.name.is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        let id = format!("{}#{}", record.name, record.generation);
+        let description = record.description.unwrap_or_default();
+        let known = self.lock().workers.get(&id).is_some_and(|e| e.address == record.address);
+        if !known {
+            self.add(&record.name, record.generation, &record.address, description, true, |_| id.clone())?;
+        }
+        Ok(id)
+    }
+
+    /// Drops the etcd member `name` (its key was deleted or its lease ran out).
+    pub fn remove_member(&self, name: &str) {
+        let mut inner = self.lock();
+        let before = inner.workers.len();
+        inner.workers.retain(|_, e| !(e.in_etcd && e.name == name));
+        let changed = inner.workers.len() != before;
+        drop(inner);
+        if changed {
+            tracing::info!(worker = %name, "worker left the cluster");
+            self.changed();
+        }
+    }
+
+    /// Keeps only the etcd members in `names` (after a resync, for members deleted while not watching).
+    pub fn retain_members(&self, names: &[String]) {
+        let mut inner = self.lock();
+        let before = inner.workers.len();
+        inner.workers.retain(|_, e| !e.in_etcd || names.contains(&e.name));
+        let changed = inner.workers.len() != before;
+        drop(inner);
+        if changed {
+            self.changed();
+        }
+    }
+
+    fn add(
+        &self,
+        name: &str,
+        generation: u64,
+        address: &str,
+        description: pb::WorkerDescription,
+        in_etcd: bool,
+        make_id: impl FnOnce(&mut Inner) -> String,
+    ) -> Result<(), FieldError> {
         let geometry = ModelGeometry::try_from(
             description.model.as_ref().ok_or_else(|| FieldError::new("description.model", "missing"))?,
         )?;
@@ -114,11 +178,13 @@ impl WorkerPool {
                 ));
             }
         }
-        inner.workers.retain(|_, e| e.address != address);
-        inner.next_id += 1;
-        let id = format!("w{}", inner.next_id);
+        inner.workers.retain(|_, e| e.address != address && e.name != name);
+        let id = make_id(&mut inner);
         inner.models.insert(geometry.name.clone(), geometry.clone());
         let entry = Entry {
+            name: name.to_string(),
+            generation,
+            in_etcd,
             address: address.to_string(),
             client,
             model: geometry.name,
@@ -134,10 +200,15 @@ impl WorkerPool {
         };
         inner.workers.insert(id.clone(), entry);
         drop(inner);
-        tracing::info!(worker = %id, %address, "worker registered");
+        tracing::info!(worker = %id, %address, generation, "worker registered");
         self.freed.notify_waiters();
         self.changed();
-        Ok(id)
+        Ok(())
+    }
+
+    /// Makes a model's geometry known (a stored job's model, before any worker for it registers).
+    pub fn know_model(&self, geometry: ModelGeometry) {
+        self.lock().models.entry(geometry.name.clone()).or_insert(geometry);
     }
 
     /// Records a heartbeat; false for an id the pool does not know (the worker must register again).
@@ -149,13 +220,13 @@ impl WorkerPool {
         true
     }
 
-    /// Drops workers silent for three heartbeat intervals.
+    /// Drops workers silent for three heartbeat intervals (etcd members live and die by their leases).
     pub fn reap(&self) {
         let limit = self.heartbeat * 3;
         let mut inner = self.lock();
         let before = inner.workers.len();
         inner.workers.retain(|id, e| {
-            let alive = e.last_seen.elapsed() <= limit;
+            let alive = e.in_etcd || e.last_seen.elapsed() <= limit;
             if !alive {
                 tracing::warn!(worker = %id, address = %e.address, "worker missed its heartbeats; dropped");
             }
@@ -297,6 +368,7 @@ impl WorkerPool {
                     last_seen_ms: e.last_seen_ms,
                     evaluations: e.evaluations,
                     failures: e.failures,
+                    generation: e.generation,
                 }
             })
             .collect();

@@ -18,6 +18,7 @@ use patchwork_shared::windows::{extract, plan_windows, Fusion, LatentShape, Plan
 use patchwork_shared::wire;
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::cluster::EtcdJournal;
 use crate::decode::{plan_chunks, Chunk};
 use crate::dispatch::{check_fence, Dispatcher};
 use crate::store::{Claimed, JobStore};
@@ -36,6 +37,13 @@ pub struct JobContext {
     /// since the last checkpoint, whichever comes first.
     pub checkpoint_every: usize,
     pub checkpoint_interval: Option<Duration>,
+    /// The leadership term every fence carries (0 with a single coordinator).
+    pub term: u64,
+    /// Cancelled when this coordinator stops running jobs (shutdown, or the end of its leadership term):
+    /// runners then abandon their jobs where they stand, without recording an end.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// Cluster mode: where the end of a job must be durable before its checkpoint is removed.
+    pub journal: Option<Arc<EtcdJournal>>,
 }
 
 impl JobContext {
@@ -52,12 +60,30 @@ enum Outcome {
     Cancelled,
 }
 
-/// Runs a claimed job to its end and records how it ended.
+/// Runs a claimed job to its end and records how it ended. If the coordinator stops running jobs first,
+/// the job is left as it stands: its checkpoint is where the next leader resumes it.
 pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
     tracing::info!(job = %job.id, spec = %job.spec, "job started");
-    let result = render(&ctx, &job).await;
-    // A finished job needs no checkpoint; there is nothing to resume.
-    let _ = tokio::fs::remove_file(ctx.checkpoint_path(&job.id)).await;
+    let result = tokio::select! {
+        result = render(&ctx, &job) => result,
+        _ = ctx.stop.cancelled() => {
+            tracing::info!(job = %job.id, "job abandoned: this coordinator stopped running jobs");
+            return;
+        }
+    };
+    let checkpoint = ctx.checkpoint_path(&job.id);
+    record_end(&ctx, &job, result);
+    // A finished job needs no checkpoint, once its end is durable; until then a new leader may need it.
+    let durable = match &ctx.journal {
+        Some(journal) => journal.flush().await,
+        None => true,
+    };
+    if durable {
+        let _ = tokio::fs::remove_file(checkpoint).await;
+    }
+}
+
+fn record_end(ctx: &JobContext, job: &Claimed, result: Result<Outcome, String>) {
     match result {
         Ok(Outcome::Done(path, bytes)) => {
             tracing::info!(job = %job.id, path = %path.display(), bytes, "job done");
@@ -148,8 +174,23 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         blocking(move || Ok((Arc::new(Fusion::new(&plan)), gaussian_noise(seed, shape.len())))).await?
     };
     let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
+    let mut first_step = 0;
+    if let Some(resumed) = resume(ctx, &job.id, &spec, shape).await {
+        tracing::info!(job = %job.id, step = resumed.step, term = ctx.term, "job resumed from its checkpoint");
+        first_step = resumed.step;
+        latent = resumed.latent;
+        sampler = resumed.sampler;
+        ctx.store.update(&job.id, |j| {
+            if let Some(p) = j.progress.as_mut() {
+                p.step = first_step as u32;
+                for w in &mut p.windows {
+                    w.steps_done = first_step as u32;
+                }
+            }
+        });
+    }
     let mut last_checkpoint = Instant::now();
-    for step in 0..spec.steps {
+    for step in first_step..spec.steps {
         if job.cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
         }
@@ -171,8 +212,13 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                     negative_prompt: spec.negative_prompt.clone(),
                     guidance_scale: spec.guidance_scale as f32,
                 };
-                let fence =
-                    pb::Fence { term: 0, job_id: job.id.clone(), step: step as u32, window: index as u32, attempt: 0 };
+                let fence = pb::Fence {
+                    term: ctx.term,
+                    job_id: job.id.clone(),
+                    step: step as u32,
+                    window: index as u32,
+                    attempt: 0,
+                };
                 let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
                 let output = ctx
                     .dispatcher
@@ -245,6 +291,9 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         }
         latent = next;
         sampler = sampler_after;
+        if step == first_step && first_step > 0 {
+            tracing::info!(job = %job.id, step = step + 1, term = ctx.term, "first step after resuming done");
+        }
         ctx.store.update(&job.id, |j| {
             j.state = pb::JobState::Denoising as i32;
             if let Some(p) = j.progress.as_mut() {
@@ -256,6 +305,33 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         return Ok(Outcome::Cancelled);
     }
     decode_and_store(ctx, job, &spec, &g, shape, latent).await
+}
+
+/// The job's checkpoint, if it has a usable one: damaged or mismatched ones are reported and ignored (the
+/// job then starts over, which gives the same video, only later).
+async fn resume(ctx: &JobContext, id: &str, spec: &JobSpec, shape: LatentShape) -> Option<Checkpoint> {
+    let path = ctx.checkpoint_path(id);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+        return None;
+    }
+    let job_id = id.to_string();
+    let read = blocking(move || checkpoint::read(&path, &job_id).map_err(|e| e.to_string())).await;
+    let checkpoint = match read {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(job = %id, %error, "checkpoint unusable; starting the job over");
+            return None;
+        }
+    };
+    let fits = checkpoint.dims == shape.dims()
+        && checkpoint.sampler.kind() == spec.sampler
+        && checkpoint.sampler.num_steps() == spec.steps
+        && checkpoint.step <= spec.steps;
+    if !fits {
+        tracing::warn!(job = %id, "checkpoint does not match the job's spec; starting the job over");
+        return None;
+    }
+    Some(checkpoint)
 }
 
 async fn decode_and_store(
@@ -298,7 +374,7 @@ async fn decode_and_store(
             let expected = [frames_out, height, width, 3];
             let request = pb::DecodeRequest { fence: None, latent: Some(tensor), context_frames: chunk.context as u32 };
             let fence = pb::Fence {
-                term: 0,
+                term: ctx.term,
                 job_id: job.id.clone(),
                 step: spec.steps as u32,
                 window: index as u32,

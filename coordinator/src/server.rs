@@ -1,5 +1,6 @@
 //! A coordinator process: the client API and the worker registry on one listener, the scheduler that
-//! starts queued jobs, and the reaper that drops silent workers.
+//! starts queued jobs, and the reaper that drops silent workers. With etcd (cluster mode) the scheduler
+//! runs only while this coordinator leads; see [`crate::cluster`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,10 +14,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
+use crate::cluster::Cluster;
 use crate::dispatch::Dispatcher;
 use crate::pool::WorkerPool;
 use crate::runner::{run_job, JobContext};
-use crate::service::{RegistryService, RenderApi};
+use crate::service::{Backend, RegistryService, RenderApi};
 use crate::store::JobStore;
 
 /// Largest client message the transport accepts; SubmitJob has its own, smaller limit that is answered
@@ -45,6 +47,17 @@ pub struct CoordinatorConfig {
     /// jobs are durable (cluster mode) nothing resumes from them; they measure the cost.
     pub checkpoint_every: usize,
     pub checkpoint_interval: Option<Duration>,
+    /// Cluster mode: etcd's endpoints and the leadership lease's TTL. None: one coordinator, jobs in memory.
+    pub etcd: Option<EtcdSettings>,
+    /// The address clients use to reach this coordinator (followers name the leader by it); default the
+    /// listener's own.
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub ttl: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -60,6 +73,8 @@ impl Default for CoordinatorConfig {
             decode_context: 8,
             checkpoint_every: 0,
             checkpoint_interval: None,
+            etcd: None,
+            advertise: None,
         }
     }
 }
@@ -87,6 +102,9 @@ impl CoordinatorConfig {
             // Without context a chunk's first latent frame decodes as a video's first: 1 frame, not 4.
             return bad("decode_context", "must be at least 1");
         }
+        if self.etcd.as_ref().is_some_and(|e| e.ttl < Duration::from_secs(1)) {
+            return bad("lease_ttl", "must be at least 1s (etcd leases count whole seconds)");
+        }
         Ok(())
     }
 }
@@ -101,6 +119,10 @@ pub enum CoordinatorError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Cluster(#[from] patchwork_shared::cluster::ClusterError),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
@@ -112,22 +134,47 @@ pub async fn run(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| CoordinatorError::DataDir { path: config.data_dir.clone(), source })?;
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        "coordinator starting with the in-memory job store (single machine; jobs do not survive a restart)"
-    );
-    let store = JobStore::new(config.queue_limit);
     let pool = WorkerPool::new(config.heartbeat);
-    let context = Arc::new(JobContext {
-        store: store.clone(),
-        dispatcher: Dispatcher { pool: pool.clone(), timeout: config.eval_timeout, max_attempts: config.max_attempts },
-        data_dir: config.data_dir.clone(),
-        decode_chunk: config.decode_chunk,
-        decode_context: config.decode_context,
-        checkpoint_every: config.checkpoint_every,
-        checkpoint_interval: config.checkpoint_interval,
-    });
-    let scheduler = tokio::spawn(schedule(context, config.max_running_jobs, shutdown.clone()));
+    let backend = match &config.etcd {
+        None => {
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                "coordinator starting with the in-memory job store (single machine; jobs do not survive a restart)"
+            );
+            let store = JobStore::new(config.queue_limit);
+            let context = Arc::new(JobContext {
+                store: store.clone(),
+                dispatcher: Dispatcher { pool: pool.clone(), timeout: config.eval_timeout, max_attempts: config.max_attempts },
+                data_dir: config.data_dir.clone(),
+                decode_chunk: config.decode_chunk,
+                decode_context: config.decode_context,
+                checkpoint_every: config.checkpoint_every,
+                checkpoint_interval: config.checkpoint_interval,
+                term: 0,
+                stop: shutdown.clone(),
+                journal: None,
+            });
+            tokio::spawn(schedule(context, config.max_running_jobs, shutdown.clone()));
+            Backend::Single(store)
+        }
+        Some(etcd) => {
+            let client = patchwork_shared::cluster::connect(&etcd.endpoints).await?;
+            let local = listener.local_addr().map_err(CoordinatorError::Listener)?;
+            let advertise = config.advertise.clone().unwrap_or_else(|| {
+                let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+                format!("http://{host}:{}", local.port())
+            });
+            tracing::info!(
+                etcd = %etcd.endpoints.join(","),
+                %advertise,
+                data_dir = %config.data_dir.display(),
+                "coordinator starting in cluster mode (jobs in etcd; campaigning for leadership)"
+            );
+            let cluster = Cluster::new(client, pool.clone(), config.clone(), etcd.ttl, advertise);
+            cluster.start(&shutdown);
+            Backend::Cluster(cluster)
+        }
+    };
     let reaper = tokio::spawn(reap(pool.clone(), shutdown.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -136,7 +183,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let render = RenderServiceServer::new(RenderApi::new(store, pool.clone()))
+    let render = RenderServiceServer::new(RenderApi::new(backend, pool.clone()))
         .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
     let registry = WorkerRegistryServer::new(RegistryService { pool });
     tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "coordinator listening");
@@ -148,13 +195,14 @@ pub async fn run(
         .serve_with_incoming_shutdown(no_delay(listener), shutdown.cancelled())
         .await;
     shutdown.cancel();
-    scheduler.abort();
     reaper.abort();
+    // Give the election key and the workers' connections a moment to be released cleanly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(result?)
 }
 
 /// Starts queued jobs, highest priority first, while fewer than `max_running` run.
-async fn schedule(context: Arc<JobContext>, max_running: usize, shutdown: CancellationToken) {
+pub(crate) async fn schedule(context: Arc<JobContext>, max_running: usize, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(max_running.max(1)));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };

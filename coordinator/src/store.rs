@@ -1,5 +1,8 @@
 //! The in-memory job store: every job's spec, state and progress, the priority queue of jobs waiting to
 //! run, and a watch channel per job that `WatchJob` streams from. One mutex, never held across an await.
+//!
+//! In cluster mode the leader's store has a journal: every change that matters after a failover (state,
+//! step, decode progress) is handed to it, and it writes the job to etcd.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -50,9 +53,21 @@ pub struct Claimed {
     pub cancel: CancellationToken,
 }
 
+/// Takes durable changes of jobs (cluster mode: written to etcd by the leader).
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    fn record(&self, job: &pb::Job);
+}
+
+/// What of a job survives a failover: its state and step, not its per-window progress.
+fn durable_view(job: &pb::Job) -> (i32, u32, u32, u32) {
+    let p = job.progress.as_ref();
+    (job.state, p.map_or(0, |p| p.step), p.map_or(0, |p| p.decoded_chunks), p.map_or(0, |p| p.decode_chunks))
+}
+
 #[derive(Debug)]
 pub struct JobStore {
     inner: Mutex<Inner>,
+    journal: Option<Arc<dyn Journal>>,
     queue_limit: usize,
     /// Woken when a job is queued.
     pub queued: Notify,
@@ -66,8 +81,13 @@ pub fn now_ms() -> u64 {
 
 impl JobStore {
     pub fn new(queue_limit: usize) -> Arc<Self> {
+        Self::with_journal(queue_limit, None)
+    }
+
+    pub fn with_journal(queue_limit: usize, journal: Option<Arc<dyn Journal>>) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
+            journal,
             queue_limit,
             queued: Notify::new(),
             changes: watch::channel(0).0,
@@ -79,47 +99,89 @@ impl JobStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a validated job, or returns the job an earlier submission with the same request id made
-    /// (`false`).
-    pub fn submit(&self, id: String, spec: JobSpec, request_id: &str) -> Result<(pb::Job, bool), SubmitError> {
-        let mut inner = self.lock();
-        if !request_id.is_empty() {
-            if let Some(existing) = inner.by_request.get(request_id).and_then(|id| inner.jobs.get(id)) {
-                return Ok((existing.job.clone(), false));
-            }
+    fn journal(&self, job: &pb::Job) {
+        if let Some(journal) = &self.journal {
+            journal.record(job);
         }
-        if inner.queued >= self.queue_limit {
-            return Err(SubmitError::QueueFull(inner.queued));
-        }
-        let seq = inner.next_seq;
-        inner.next_seq += 1;
-        let job = pb::Job {
-            id: id.clone(),
-            spec: Some(pb::JobSpec::from(&spec)),
+    }
+
+    /// A new job record for a validated spec, not yet in the store.
+    pub fn new_job(id: String, spec: &JobSpec, request_id: &str) -> pb::Job {
+        pb::Job {
+            id,
+            spec: Some(pb::JobSpec::from(spec)),
             state: pb::JobState::Queued as i32,
             progress: Some(pb::Progress { steps: spec.steps as u32, ..Default::default() }),
             request_id: request_id.to_string(),
             created_ms: now_ms(),
             ..Default::default()
-        };
-        inner.queue.push((spec.priority, Reverse(seq), id.clone()));
-        inner.queued += 1;
+        }
+    }
+
+    /// The job an earlier submission with this request id made.
+    pub fn by_request(&self, request_id: &str) -> Option<pb::Job> {
+        let inner = self.lock();
+        inner.by_request.get(request_id).and_then(|id| inner.jobs.get(id)).map(|r| r.job.clone())
+    }
+
+    /// Refuses a submission when the queue is full.
+    pub fn check_room(&self) -> Result<(), SubmitError> {
+        let queued = self.lock().queued;
+        if queued >= self.queue_limit {
+            return Err(SubmitError::QueueFull(queued));
+        }
+        Ok(())
+    }
+
+    /// Queues a validated job, or returns the job an earlier submission with the same request id made
+    /// (`false`).
+    pub fn submit(&self, id: String, spec: JobSpec, request_id: &str) -> Result<(pb::Job, bool), SubmitError> {
         if !request_id.is_empty() {
-            inner.by_request.insert(request_id.to_string(), id.clone());
+            if let Some(existing) = self.by_request(request_id) {
+                return Ok((existing, false));
+            }
+        }
+        self.check_room()?;
+        let job = Self::new_job(id, &spec, request_id);
+        self.insert(job.clone(), spec, None);
+        Ok((job, true))
+    }
+
+    /// Puts a job into the store as it is: a queued one joins the queue (a job that was running when its
+    /// leader died is queued again, to resume from its checkpoint), a finished one is kept for reading.
+    pub fn insert(&self, mut job: pb::Job, spec: JobSpec, video: Option<PathBuf>) {
+        let mut inner = self.lock();
+        if inner.jobs.contains_key(&job.id) {
+            return;
+        }
+        let terminal = is_terminal(job.state);
+        if !terminal {
+            job.state = pb::JobState::Queued as i32;
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let id = job.id.clone();
+        if !terminal {
+            inner.queue.push((spec.priority, Reverse(seq), id.clone()));
+            inner.queued += 1;
+        }
+        if !job.request_id.is_empty() {
+            inner.by_request.insert(job.request_id.clone(), id.clone());
         }
         let record = Record {
             spec: Arc::new(spec),
             job: job.clone(),
             seq,
             cancel: CancellationToken::new(),
-            video: None,
-            updates: watch::channel(job.clone()).0,
+            video,
+            updates: watch::channel(job).0,
         };
         inner.jobs.insert(id, record);
         drop(inner);
-        self.queued.notify_one();
+        if !terminal {
+            self.queued.notify_one();
+        }
         self.changes.send_modify(|v| *v += 1);
-        Ok((job, true))
     }
 
     /// Takes the highest-priority queued job that `runnable` accepts (a job for a model no worker serves
@@ -140,6 +202,9 @@ impl JobStore {
             record.job.state = pb::JobState::EncodingPrompts as i32;
             record.job.started_ms = now_ms();
             record.updates.send_replace(record.job.clone());
+            if let Some(journal) = &self.journal {
+                journal.record(&record.job);
+            }
             claimed = Some(Claimed { id: entry.2, spec: record.spec.clone(), cancel: record.cancel.clone() });
             inner.running += 1;
             inner.queued -= 1;
@@ -182,6 +247,7 @@ impl JobStore {
             record.job.state = pb::JobState::Cancelled as i32;
             record.job.finished_ms = now_ms();
             record.updates.send_replace(record.job.clone());
+            self.journal(&record.job);
         }
         let job = record.job.clone();
         if was_queued {
@@ -196,8 +262,12 @@ impl JobStore {
     pub fn update(&self, id: &str, change: impl FnOnce(&mut pb::Job)) {
         let mut inner = self.lock();
         if let Some(record) = inner.jobs.get_mut(id) {
+            let before = durable_view(&record.job);
             change(&mut record.job);
             record.updates.send_replace(record.job.clone());
+            if durable_view(&record.job) != before {
+                self.journal(&record.job);
+            }
         }
     }
 
@@ -216,6 +286,7 @@ impl JobStore {
                 window.worker.clear();
             }
             record.updates.send_replace(record.job.clone());
+            self.journal(&record.job);
             inner.running = inner.running.saturating_sub(1);
         }
         drop(inner);

@@ -11,18 +11,50 @@ use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The coordinator's address.
+    /// The coordinator's address; in cluster mode a comma-separated list of coordinators may be given
+    /// (reads go to the first that answers, writes to the leader).
     #[arg(long, env = "PATCHWORK_COORDINATOR", default_value = "http://127.0.0.1:7600")]
     pub coordinator: String,
 }
 
-pub async fn connect(address: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+async fn connect_one(address: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(address.to_string())
         .with_context(|| format!("coordinator address {address:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {address}"))?;
     Ok(RenderServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// The first coordinator of a comma-separated list that accepts a connection.
+pub async fn connect(addresses: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+    let mut last = None;
+    for address in addresses.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match connect_one(address).await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("--coordinator: no address given")))
+}
+
+/// The leading coordinator, for writes: any coordinator says who leads (a follower refuses writes). Waits
+/// up to 30 s while an election is under way.
+pub async fn connect_leader(addresses: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut client = connect(addresses).await?;
+        let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?.into_inner();
+        match state.role.as_str() {
+            "follower" if !state.leader.is_empty() => return connect_one(&state.leader).await,
+            "follower" if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            "follower" => anyhow::bail!("no coordinator leads the cluster (no leader elected within 30 s)"),
+            _ => return Ok(client),
+        }
+    }
 }
 
 /// A gRPC error as one line: the code and the server's message.
@@ -131,10 +163,15 @@ pub fn print_jobs(jobs: &[pb::Job]) {
 }
 
 pub fn print_cluster(state: &pb::ClusterState) {
+    match state.role.as_str() {
+        "single" | "" => println!("coordinator: single (jobs in memory)"),
+        role if state.leader.is_empty() => println!("coordinator: {role}; no leader elected"),
+        role => println!("coordinator: {role}; leader {} (term {})", state.leader, state.term),
+    }
     println!("jobs: {} queued, {} running", state.queued_jobs, state.running_jobs);
     println!("models: {}", state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "));
     println!(
-        "{:<6} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} NOW",
+        "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} NOW",
         "ID", "ADDRESS", "MODEL", "STATUS", "SLOTS", "EVALS", "FAILS", "DEVICES"
     );
     for w in &state.workers {
@@ -146,7 +183,7 @@ pub fn print_cluster(state: &pb::ClusterState) {
         };
         let devices: Vec<&str> = w.devices.iter().map(|d| d.name.as_str()).collect();
         println!(
-            "{:<6} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}",
+            "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}",
             w.id,
             w.address,
             w.model,

@@ -50,7 +50,13 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
     let model_name = engine.geometry().name.clone();
     let worker_listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let worker_config =
-        WorkerConfig { coordinator: address.clone(), advertise: None, capacity: 1, devices: vec!["cpu".into()] };
+        WorkerConfig {
+        coordinator: address.clone(),
+        etcd: None,
+        advertise: None,
+        capacity: 1,
+        devices: vec!["cpu".into()],
+    };
     let worker = tokio::spawn(patchwork_worker::run::run(worker_config, engine, worker_listener, shutdown.clone()));
 
     let result = submit_and_fetch(&address, &args, &model_name).await;

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use patchwork_coordinator::server::EtcdSettings;
 use patchwork_coordinator::CoordinatorConfig;
 use patchwork_shared::model::ModelGeometry;
 use patchwork_worker::engine::{Engine, Evaluator, LoadTest, ModelSource};
 use patchwork_worker::model::forward::parse_dtype;
+use patchwork_worker::membership::EtcdMembership;
 use patchwork_worker::run::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,11 +54,40 @@ pub struct CoordinatorArgs {
     /// Also checkpoint when this long has passed since the last one.
     #[arg(long, env = "PATCHWORK_CHECKPOINT_INTERVAL", value_parser = humantime::parse_duration)]
     pub checkpoint_interval: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The address clients reach this coordinator at (followers tell clients the leader's)
+    /// [default: the listener's, with 127.0.0.1 for a wildcard].
+    #[arg(long, env = "PATCHWORK_ADVERTISE")]
+    pub advertise: Option<String>,
+}
+
+/// Cluster mode: membership, leadership and jobs in etcd.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// etcd endpoints, `http://HOST:PORT[,...]`: turns cluster mode on. Without it a coordinator keeps jobs
+    /// in memory (one machine) and workers register with `--coordinator`.
+    #[arg(long, env = "PATCHWORK_ETCD")]
+    pub etcd: Option<String>,
+    /// TTL of the etcd leases behind worker membership and coordinator leadership (renewed every third of
+    /// it; a follower takes over within two TTLs of the leader's death).
+    #[arg(long, env = "PATCHWORK_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+impl ClusterArgs {
+    pub fn endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(match &self.etcd {
+            Some(list) => Some(patchwork_shared::cluster::parse_endpoints(list)?),
+            None => None,
+        })
+    }
 }
 
 impl CoordinatorArgs {
-    pub fn config(&self) -> CoordinatorConfig {
-        CoordinatorConfig {
+    pub fn config(&self) -> anyhow::Result<CoordinatorConfig> {
+        let etcd = self.cluster.endpoints()?.map(|endpoints| EtcdSettings { endpoints, ttl: self.cluster.lease_ttl });
+        Ok(CoordinatorConfig {
             data_dir: self.data_dir.clone(),
             queue_limit: self.queue_limit,
             max_running_jobs: self.max_running_jobs,
@@ -67,7 +98,9 @@ impl CoordinatorArgs {
             decode_context: self.decode_context,
             checkpoint_every: self.checkpoint_every,
             checkpoint_interval: self.checkpoint_interval,
-        }
+            etcd,
+            advertise: self.advertise.clone(),
+        })
     }
 }
 
@@ -105,7 +138,12 @@ impl ModelArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// The coordinator to register with.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// This worker's name in cluster mode (its etcd key) [default: its advertised host and port].
+    #[arg(long, env = "PATCHWORK_WORKER_NAME")]
+    pub name: Option<String>,
+    /// The coordinator to register with (without `--etcd`).
     #[arg(long, env = "PATCHWORK_COORDINATOR", default_value = "http://127.0.0.1:7600")]
     pub coordinator: String,
     /// Address to serve evaluations on.
@@ -152,13 +190,14 @@ pub fn stop_on_signals(token: CancellationToken) {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
-    args.config().validate()?;
+    let config = args.config()?;
+    config.validate()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // The first line on stdout, for scripts and tests that bind port 0.
     println!("coordinator listening on {}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
-    patchwork_coordinator::run(args.config(), listener, shutdown).await?;
+    patchwork_coordinator::run(config, listener, shutdown).await?;
     Ok(())
 }
 
@@ -181,8 +220,19 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     println!("worker listening on {}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
+    let local = listener.local_addr()?;
+    let etcd = args.cluster.endpoints()?.map(|endpoints| EtcdMembership {
+        endpoints,
+        name: args.name.clone().unwrap_or_else(|| {
+            let advertised = args.advertise.clone().unwrap_or_else(|| local.to_string());
+            let bare = advertised.trim_start_matches("http://").trim_start_matches("https://");
+            bare.replace(['/', ':'], "-")
+        }),
+        ttl: args.cluster.lease_ttl,
+    });
     let config = WorkerConfig {
         coordinator: args.coordinator.clone(),
+        etcd,
         advertise: args.advertise.clone(),
         capacity: args.capacity,
         devices: vec!["cpu".into()],

@@ -2,6 +2,7 @@
 //! tokenizer), the engine that evaluates windows and decodes chunks, and the gRPC service around it.
 
 pub mod engine;
+pub mod membership;
 pub mod model;
 pub mod run;
 pub mod service;

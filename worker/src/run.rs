@@ -1,4 +1,5 @@
-//! A worker process: serve the model on a listener and keep registered with the coordinator.
+//! A worker process: serve the model on a listener and stay a member of the cluster: registered with one
+//! coordinator by heartbeats, or (cluster mode) in etcd under a lease that every coordinator watches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::engine::Evaluator;
+use crate::membership::{keep_member, EtcdMembership, Gate};
 use crate::service::WorkerService;
 
 /// Largest message between coordinator and worker: a window's latent or a chunk's frames.
@@ -19,8 +21,10 @@ pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
 /// How a worker runs, from its flags.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// The coordinator's address, "http://host:port".
+    /// The coordinator's address, "http://host:port" (without etcd).
     pub coordinator: String,
+    /// Cluster mode: register in etcd instead of with one coordinator.
+    pub etcd: Option<EtcdMembership>,
     /// The address the coordinator should use for this worker; default the listener's own.
     pub advertise: Option<String>,
     /// Evaluations at once.
@@ -37,6 +41,8 @@ pub enum WorkerError {
     Transport(#[from] tonic::transport::Error),
     #[error("coordinator address {address:?}: {source}")]
     Coordinator { address: String, source: tonic::transport::Error },
+    #[error(transparent)]
+    Cluster(#[from] patchwork_shared::cluster::ClusterError),
 }
 
 /// Serves `evaluator` on `listener` and registers with the coordinator until `shutdown` is cancelled.
@@ -52,13 +58,31 @@ pub async fn run(
         let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
         format!("http://{host}:{}", local.port())
     });
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|source| WorkerError::Coordinator { address: config.coordinator.clone(), source })?
-        .connect_timeout(Duration::from_secs(5));
     let service = WorkerService::new(evaluator, config.capacity.max(1), config.devices.clone());
-    let register = pb::RegisterRequest { address: advertise.clone(), description: Some(service.description().clone()) };
-    tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
-    let heartbeat = tokio::spawn(keep_registered(endpoint.connect_lazy(), register, shutdown.clone()));
+    let description = service.description().clone();
+    let (service, membership) = match &config.etcd {
+        Some(settings) => {
+            let client = patchwork_shared::cluster::connect(&settings.endpoints).await?;
+            let gate = Gate::closed();
+            let record = pb::WorkerRecord {
+                name: settings.name.clone(),
+                address: advertise.clone(),
+                description: Some(description),
+                generation: 0,
+            };
+            tracing::info!(%advertise, etcd = %settings.endpoints.join(","), name = %settings.name, "worker listening (cluster mode)");
+            let task = tokio::spawn(keep_member(client, settings.clone(), record, gate.clone(), shutdown.clone()));
+            (service.with_gate(gate), task)
+        }
+        None => {
+            let endpoint = Endpoint::from_shared(config.coordinator.clone())
+                .map_err(|source| WorkerError::Coordinator { address: config.coordinator.clone(), source })?
+                .connect_timeout(Duration::from_secs(5));
+            let register = pb::RegisterRequest { address: advertise.clone(), description: Some(description) };
+            tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
+            (service, tokio::spawn(keep_registered(endpoint.connect_lazy(), register, shutdown.clone())))
+        }
+    };
     let server = WorkerServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -67,7 +91,8 @@ pub async fn run(
         .serve_with_incoming_shutdown(no_delay(listener), shutdown.cancelled())
         .await;
     shutdown.cancel();
-    heartbeat.abort();
+    // Leaving etcd deletes the registration at once, rather than after the lease's TTL.
+    let _ = tokio::time::timeout(Duration::from_secs(5), membership).await;
     Ok(result?)
 }
 

@@ -1,6 +1,10 @@
 //! The worker's gRPC service: checks each request, runs the model on the blocking pool, and refuses work
 //! beyond its capacity (RESOURCE_EXHAUSTED) so that the coordinator, not a hidden queue here, decides
 //! where work waits.
+//!
+//! Fencing: a request from a coordinator term older than the newest this worker has seen is refused
+//! (FAILED_PRECONDITION), and a result is dropped (ABORTED) when a newer term has arrived meanwhile or this
+//! worker's membership lapsed while it computed: that work has been given to someone else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{DecodeInput, DenoiseInput, Evaluator};
+use crate::membership::{Gate, Ticket};
 use crate::model::ModelError;
 
 /// Serves one evaluator with `capacity` evaluations at a time.
@@ -19,6 +24,15 @@ pub struct WorkerService {
     slots: Arc<Semaphore>,
     description: pb::WorkerDescription,
     evaluations: AtomicU64,
+    gate: Arc<Gate>,
+    /// The newest coordinator term seen in a fence.
+    term: AtomicU64,
+}
+
+/// What a request was admitted under, checked again before its result goes out.
+struct Admission {
+    ticket: Ticket,
+    term: u64,
 }
 
 impl WorkerService {
@@ -31,7 +45,47 @@ impl WorkerService {
                 .map(|index| pb::ShardGroup { index: index as u32, devices: devices.clone() })
                 .collect(),
         };
-        Self { evaluator, slots: Arc::new(Semaphore::new(capacity)), description, evaluations: AtomicU64::new(0) }
+        Self {
+            evaluator,
+            slots: Arc::new(Semaphore::new(capacity)),
+            description,
+            evaluations: AtomicU64::new(0),
+            gate: Gate::always_open(),
+            term: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes work only while `gate` is open (cluster mode).
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Admits a request: the worker is registered and the fence's term is not older than the newest seen.
+    fn admit(&self, fence: Option<&pb::Fence>) -> Result<Admission, Status> {
+        let ticket = self.gate.admit()?;
+        let term = fence.map_or(0, |f| f.term);
+        let newest = self.term.fetch_max(term, Ordering::SeqCst).max(term);
+        if term < newest {
+            return Err(Status::failed_precondition(format!(
+                "fence.term: {term} is older than term {newest}, which a newer coordinator leader has used"
+            )));
+        }
+        Ok(Admission { ticket, term })
+    }
+
+    /// Whether the result of an admitted request may still go out.
+    fn release(&self, admission: &Admission) -> Result<(), Status> {
+        self.gate.still_valid(admission.ticket)?;
+        let newest = self.term.load(Ordering::SeqCst);
+        if admission.term < newest {
+            tracing::warn!(term = admission.term, newest, "a newer leader took over during an evaluation; result dropped");
+            return Err(Status::aborted(format!(
+                "term {} was superseded by term {newest} during the evaluation; the result is dropped",
+                admission.term
+            )));
+        }
+        Ok(())
     }
 
     pub fn description(&self) -> &pb::WorkerDescription {
@@ -97,8 +151,9 @@ impl worker_service_server::WorkerService for WorkerService {
     }
 
     async fn denoise(&self, request: Request<pb::DenoiseRequest>) -> Result<Response<pb::DenoiseResponse>, Status> {
-        let slot = self.slot()?;
         let req = request.into_inner();
+        let admission = self.admit(req.fence.as_ref())?;
+        let slot = self.slot()?;
         let (shape, latent) = self.latent(req.latent.as_ref())?;
         if !req.timestep.is_finite() || !req.guidance_scale.is_finite() {
             return Err(Status::invalid_argument("timestep and guidance_scale must be finite"));
@@ -113,12 +168,14 @@ impl worker_service_server::WorkerService for WorkerService {
         };
         tracing::debug!(fence = ?req.fence, ?shape, "denoise");
         let output = self.run(slot, move |e| e.denoise(&input)).await?;
+        self.release(&admission)?;
         Ok(Response::new(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) }))
     }
 
     async fn decode(&self, request: Request<pb::DecodeRequest>) -> Result<Response<pb::DecodeResponse>, Status> {
-        let slot = self.slot()?;
         let req = request.into_inner();
+        let admission = self.admit(req.fence.as_ref())?;
+        let slot = self.slot()?;
         let (shape, latent) = self.latent(req.latent.as_ref())?;
         let context_frames = req.context_frames as usize;
         if context_frames >= shape[1] {
@@ -130,6 +187,7 @@ impl worker_service_server::WorkerService for WorkerService {
         let input = DecodeInput { shape, latent, context_frames };
         tracing::debug!(fence = ?req.fence, ?shape, "decode");
         let frames = self.run(slot, move |e| e.decode(&input)).await?;
+        self.release(&admission)?;
         Ok(Response::new(pb::DecodeResponse {
             fence: req.fence,
             frames: Some(wire::u8_tensor(&frames.shape, frames.data)),
@@ -191,5 +249,28 @@ mod tests {
             pb::DecodeRequest { latent: request(&[16, 2, 2, 2]).latent, context_frames: 2, ..Default::default() };
         let err = service.decode(Request::new(decode)).await.unwrap_err();
         assert!(err.message().starts_with("context_frames"), "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn stale_terms_and_lapsed_membership_are_refused() {
+        let evaluator = Arc::new(LoadTest::new(ModelGeometry::tiny(), Duration::ZERO));
+        let gate = Gate::closed();
+        let service = WorkerService::new(evaluator, 2, vec!["cpu".into()]).with_gate(gate.clone());
+        let fenced = |term| {
+            let mut r = request(&[16, 1, 2, 2]);
+            r.fence = Some(pb::Fence { term, ..Default::default() });
+            Request::new(r)
+        };
+        assert_eq!(service.denoise(fenced(5)).await.unwrap_err().code(), Code::Unavailable);
+        let (health, lapsed) =
+            patchwork_shared::cluster::LeaseHealth::manual(std::time::Instant::now() + Duration::from_secs(60));
+        gate.open(1, health);
+        assert!(service.denoise(fenced(5)).await.is_ok());
+        let stale = service.denoise(fenced(4)).await.unwrap_err();
+        assert_eq!(stale.code(), Code::FailedPrecondition);
+        assert!(stale.message().starts_with("fence.term"), "{}", stale.message());
+        assert!(service.denoise(fenced(6)).await.is_ok());
+        lapsed.cancel();
+        assert_eq!(service.denoise(fenced(6)).await.unwrap_err().code(), Code::Unavailable);
     }
 }

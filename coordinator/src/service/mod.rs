@@ -4,4 +4,4 @@ mod registry;
 mod render;
 
 pub use registry::RegistryService;
-pub use render::{RenderApi, MAX_SUBMIT_BYTES};
+pub use render::{Backend, RenderApi, LEADER_HEADER, MAX_SUBMIT_BYTES};

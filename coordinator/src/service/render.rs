@@ -1,5 +1,9 @@
 //! The client API (`patchwork.v1.RenderService`): requests are validated here, once, into domain types;
 //! the store, pool and runners behind it trust what they get.
+//!
+//! Three views serve it: a single coordinator's in-memory store; a cluster leader's store, whose writes go
+//! to etcd first; and a cluster follower, which reads jobs from etcd and refuses writes with UNAVAILABLE and
+//! the leader's address (message and `patchwork-leader` header).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::{jobs, Cluster, Term};
 use crate::pool::WorkerPool;
 use crate::runner::plan;
 use crate::store::{is_terminal, now_ms, JobStore, SubmitError};
@@ -26,19 +31,50 @@ pub const MAX_WINDOWS: usize = 4096;
 const VIDEO_CHUNK_BYTES: usize = 1 << 20;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 1000;
+/// The response header naming the leader's address, on writes refused by a follower.
+pub const LEADER_HEADER: &str = "patchwork-leader";
+/// How often a follower re-reads a watched job from etcd.
+const FOLLOWER_POLL: Duration = Duration::from_millis(250);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-#[derive(Debug)]
+/// Where jobs live for this coordinator.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Single(Arc<JobStore>),
+    Cluster(Arc<Cluster>),
+}
+
+/// Who answers a request now.
+enum View {
+    Local(Arc<JobStore>),
+    Leader(Arc<Cluster>, Arc<Term>),
+    Follower(Arc<Cluster>, String),
+}
+
+#[derive(Debug, Clone)]
 pub struct RenderApi {
-    pub store: Arc<JobStore>,
+    pub backend: Backend,
     pub pool: Arc<WorkerPool>,
-    pub next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
 }
 
 impl RenderApi {
-    pub fn new(store: Arc<JobStore>, pool: Arc<WorkerPool>) -> Self {
-        Self { store, pool, next_id: AtomicU64::new(0) }
+    pub fn new(backend: Backend, pool: Arc<WorkerPool>) -> Self {
+        Self { backend, pool, next_id: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn view(&self) -> View {
+        match &self.backend {
+            Backend::Single(store) => View::Local(store.clone()),
+            Backend::Cluster(cluster) => {
+                let role = cluster.view();
+                match role.lead {
+                    Some(term) => View::Leader(cluster.clone(), term),
+                    None => View::Follower(cluster.clone(), role.leader),
+                }
+            }
+        }
     }
 
     /// A job id unique across coordinator restarts: the start time and a counter.
@@ -48,18 +84,72 @@ impl RenderApi {
         format!("{:012x}{:04x}", (nanos / 1000) as u64 & 0xffff_ffff_ffff, n & 0xffff)
     }
 
-    fn job(&self, id: &str) -> Result<pb::Job, Status> {
+    async fn job(&self, id: &str) -> Result<pb::Job, Status> {
         if id.is_empty() {
             return Err(FieldError::new("job_id", "must not be empty").into());
         }
-        self.store.get(id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))
+        let found = match self.view() {
+            View::Local(store) => store.get(id),
+            View::Leader(_, term) => term.store.get(id),
+            View::Follower(cluster, _) => jobs::get(&cluster.client, id).await?,
+        };
+        found.ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))
     }
 
-    pub fn cluster_state(&self) -> pb::ClusterState {
-        let (workers, models) = self.pool.snapshot();
-        let (queued, running) = self.store.counts();
-        pb::ClusterState { workers, models, queued_jobs: queued as u32, running_jobs: running as u32 }
+    /// Every job in `states` (all when empty), newest first.
+    async fn jobs(&self, states: &[i32]) -> Result<Vec<pb::Job>, Status> {
+        match self.view() {
+            View::Local(store) => Ok(store.list(states)),
+            View::Leader(_, term) => Ok(term.store.list(states)),
+            View::Follower(cluster, _) => {
+                let (stored, _) = jobs::load(&cluster.client).await?;
+                let mut jobs: Vec<pb::Job> = stored
+                    .into_iter()
+                    .map(|(job, _)| job)
+                    .filter(|j| states.is_empty() || states.contains(&j.state))
+                    .collect();
+                jobs.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+                Ok(jobs)
+            }
+        }
     }
+
+    pub async fn cluster_state(&self) -> pb::ClusterState {
+        let (workers, models) = self.pool.snapshot();
+        let (role, leader, term, counts) = match self.view() {
+            View::Local(store) => ("single", String::new(), 0, store.counts()),
+            View::Leader(cluster, t) => ("leader", cluster.advertise.clone(), t.lead.term, t.store.counts()),
+            View::Follower(cluster, leader) => {
+                let term = cluster.view().term;
+                let counts = self.jobs(&[]).await.map_or((0, 0), |jobs| {
+                    let queued = jobs.iter().filter(|j| j.state == pb::JobState::Queued as i32).count();
+                    (queued, jobs.iter().filter(|j| !is_terminal(j.state)).count() - queued)
+                });
+                ("follower", leader, term, counts)
+            }
+        };
+        pb::ClusterState {
+            workers,
+            models,
+            queued_jobs: counts.0 as u32,
+            running_jobs: counts.1 as u32,
+            role: role.into(),
+            leader,
+            term,
+        }
+    }
+}
+
+/// A follower's answer to a write: UNAVAILABLE, naming the leader.
+fn not_the_leader(cluster: &Cluster, leader: &str) -> Status {
+    if leader.is_empty() || leader == cluster.advertise {
+        return Status::unavailable("no coordinator leads yet (an election or a takeover is under way); try again");
+    }
+    let mut status = Status::unavailable(format!("this coordinator is a follower; send writes to the leader at {leader}"));
+    if let Ok(value) = leader.parse() {
+        status.metadata_mut().insert(LEADER_HEADER, value);
+    }
+    status
 }
 
 fn stream_of<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
@@ -110,9 +200,34 @@ impl RenderService for RenderApi {
             .into());
         }
         let id = self.new_id();
-        let (job, created) = self.store.submit(id, spec, &req.request_id).map_err(|e| match e {
+        let full = |e: SubmitError| match e {
             SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
-        })?;
+        };
+        let (job, created) = match self.view() {
+            View::Local(store) => store.submit(id, spec, &req.request_id).map_err(full)?,
+            View::Follower(cluster, leader) => return Err(not_the_leader(&cluster, &leader)),
+            View::Leader(cluster, term) => {
+                let store = &term.store;
+                if let Some(existing) = (!req.request_id.is_empty()).then(|| store.by_request(&req.request_id)).flatten() {
+                    (existing, false)
+                } else {
+                    store.check_room().map_err(full)?;
+                    // etcd first: a job is accepted once it is durable, and the request id's owner is decided
+                    // there, across leaders.
+                    let job = JobStore::new_job(id, &spec, &req.request_id);
+                    match jobs::create(&cluster.client, &term.lead, &job, &model).await? {
+                        jobs::Created::New => {
+                            store.insert(job.clone(), spec, None);
+                            (job, true)
+                        }
+                        jobs::Created::Existing(id) => match store.get(&id) {
+                            Some(job) => (job, false),
+                            None => (jobs::get(&cluster.client, &id).await?.ok_or_else(|| Status::unavailable("the job of this request_id is being created; try again"))?, false),
+                        },
+                    }
+                }
+            }
+        };
         if created {
             tracing::info!(job = %job.id, "job queued");
         }
@@ -120,7 +235,7 @@ impl RenderService for RenderApi {
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.job(&request.into_inner().job_id)?))
+        Ok(Response::new(self.job(&request.into_inner().job_id).await?))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
@@ -142,7 +257,7 @@ impl RenderService for RenderApi {
         } else {
             req.page_token.parse().map_err(|_| FieldError::new("page_token", "is not a token this server gave"))?
         };
-        let jobs = self.store.list(&req.states);
+        let jobs = self.jobs(&req.states).await?;
         let offset = offset.min(jobs.len());
         let end = offset.saturating_add(page).min(jobs.len());
         let next_page_token = if end < jobs.len() { end.to_string() } else { String::new() };
@@ -152,8 +267,22 @@ impl RenderService for RenderApi {
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
-        self.job(&id)?;
-        let job = self.store.cancel(&id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))?;
+        let found = self.job(&id).await?;
+        let not_found = || Status::not_found(format!("job_id: no job {id:?}"));
+        let job = match self.view() {
+            View::Local(store) => store.cancel(&id).ok_or_else(not_found)?,
+            View::Follower(cluster, leader) => return Err(not_the_leader(&cluster, &leader)),
+            View::Leader(cluster, term) => {
+                if is_terminal(found.state) {
+                    return Ok(Response::new(found));
+                }
+                // Durable first: a leader that dies before the job stops must not let the next one resume it.
+                jobs::mark_cancelled(&cluster.client, &term.lead, &id).await?;
+                let job = term.store.cancel(&id).ok_or_else(not_found)?;
+                term.journal.flush().await;
+                job
+            }
+        };
         tracing::info!(job = %id, "cancel requested");
         Ok(Response::new(job))
     }
@@ -162,9 +291,13 @@ impl RenderService for RenderApi {
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = request.into_inner().job_id;
-        self.job(&id)?;
-        let mut updates =
-            self.store.subscribe(&id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))?;
+        let first = self.job(&id).await?;
+        let store = match self.view() {
+            View::Local(store) => store,
+            View::Leader(_, term) => term.store.clone(),
+            View::Follower(cluster, _) => return Ok(Response::new(follow_from_etcd(cluster, first))),
+        };
+        let mut updates = store.subscribe(&id).ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -190,8 +323,19 @@ impl RenderService for RenderApi {
         request: Request<pb::FetchVideoRequest>,
     ) -> Result<Response<Self::FetchVideoStream>, Status> {
         let id = request.into_inner().job_id;
-        self.job(&id)?;
-        let path = self.store.video(&id)?;
+        let job = self.job(&id).await?;
+        let path = match self.view() {
+            View::Local(store) => store.video(&id)?,
+            View::Leader(_, term) => term.store.video(&id)?,
+            View::Follower(cluster, _) => {
+                if job.state != pb::JobState::Done as i32 {
+                    let state = pb::JobState::try_from(job.state).map_or("unknown", |s| s.as_str_name());
+                    return Err(Status::failed_precondition(format!("job {id} has no video (state {state})")));
+                }
+                // Coordinators share the data directory (a ReadWriteMany volume): checkpoints and videos.
+                cluster.config.data_dir.join("videos").join(format!("{id}.mp4"))
+            }
+        };
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Status::internal(format!("job {id}: reading its video: {e}")))?;
@@ -225,7 +369,7 @@ impl RenderService for RenderApi {
         &self,
         _: Request<pb::GetClusterStateRequest>,
     ) -> Result<Response<pb::ClusterState>, Status> {
-        Ok(Response::new(self.cluster_state()))
+        Ok(Response::new(self.cluster_state().await))
     }
 
     type WatchClusterStream = BoxStream<pb::ClusterState>;
@@ -235,24 +379,71 @@ impl RenderService for RenderApi {
         _: Request<pb::WatchClusterRequest>,
     ) -> Result<Response<Self::WatchClusterStream>, Status> {
         let mut pool_changes = self.pool.changes.subscribe();
-        let mut store_changes = self.store.changes.subscribe();
-        let (store, pool) = (self.store.clone(), self.pool.clone());
+        let api = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let api = RenderApi::new(store, pool);
             loop {
-                if tx.send(Ok(api.cluster_state())).await.is_err() {
+                let mut store_changes = match api.view() {
+                    View::Local(store) => Some(store.changes.subscribe()),
+                    View::Leader(_, term) => Some(term.store.changes.subscribe()),
+                    View::Follower(..) => None,
+                };
+                if tx.send(Ok(api.cluster_state().await)).await.is_err() {
                     return;
                 }
-                // At most five updates a second, however busy the cluster is.
+                // At most five updates a second, however busy the cluster is; a follower, which sees no job
+                // changes, and a leader that may lose its term look again every second.
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                let store_changed = async {
+                    match store_changes.as_mut() {
+                        Some(changes) => changes.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = pool_changes.changed() => if r.is_err() { return },
-                    r = store_changes.changed() => if r.is_err() { return },
+                    _ = store_changed => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = tx.closed() => return,
                 }
             }
         });
         Ok(Response::new(stream_of(rx)))
     }
+}
+
+/// A follower's WatchJob: the job as etcd has it, re-read until it ends (step-level progress; the
+/// per-window view lives on the leader).
+fn follow_from_etcd(cluster: Arc<Cluster>, first: pb::Job) -> BoxStream<pb::Job> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut last = first;
+        if tx.send(Ok(last.clone())).await.is_err() {
+            return;
+        }
+        while !is_terminal(last.state) {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOWER_POLL) => {}
+                _ = tx.closed() => return,
+            }
+            let job = match jobs::get(&cluster.client, &last.id).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    let _ = tx.send(Err(Status::not_found(format!("job {} was removed", last.id)))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if job != last {
+                if tx.send(Ok(job.clone())).await.is_err() {
+                    return;
+                }
+                last = job;
+            }
+        }
+    });
+    stream_of(rx)
 }
