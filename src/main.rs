@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork_shared::pb;
 
-use cli::client::{connect, connect_leader, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs};
+use cli::client::{
+    connect, connect_leader, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs,
+};
 use cli::render::RenderArgs;
 use cli::serve::{CoordinatorArgs, WorkerArgs};
 use cli::spec::SpecArgs;
@@ -131,6 +133,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs collected from files and pods stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -245,8 +245,13 @@ impl Farm {
                 }
                 None => None,
             };
-            let config =
-                WorkerConfig { coordinator: address.clone(), advertise, capacity: 1, devices: vec!["cpu".into()] };
+            let config = WorkerConfig {
+                coordinator: address.clone(),
+                etcd: None,
+                advertise,
+                capacity: 1,
+                devices: vec!["cpu".into()],
+            };
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = patchwork_worker::run::run(config, evaluator, listener, stop).await {

@@ -57,7 +57,18 @@ impl Dispatcher {
             let lease = self.pool.acquire(model, &failed_on, what).await;
             fence.attempt = attempts;
             on_start(&lease.worker_id, attempts);
-            let outcome = tokio::time::timeout(self.timeout, call(lease.client.clone(), fence.clone())).await;
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(self.timeout, call(lease.client.clone(), fence.clone())) => Some(outcome),
+                // Its lease ran out (cluster mode) or it was reaped: whatever it answers now comes too late.
+                _ = lease.departed.cancelled() => None,
+            };
+            let Some(outcome) = outcome else {
+                tracing::warn!(worker = %lease.worker_id, %what, attempt = attempts, "worker left the cluster mid-evaluation; retrying elsewhere");
+                failed_on.push(lease.worker_id.clone());
+                last = format!("worker {}: left the cluster", lease.worker_id);
+                attempts += 1;
+                continue;
+            };
             let (error, worker_at_fault) = match outcome {
                 Ok(Ok(response)) => match checked(&check, &fence, response.into_inner()).await {
                     Ok(result) => {

@@ -9,6 +9,7 @@ use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb::{self, worker_service_client::WorkerServiceClient};
 use patchwork_shared::spec::FieldError;
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::store::now_ms;
@@ -35,6 +36,14 @@ struct Entry {
     unhealthy_until: Option<Instant>,
     evaluations: u64,
     failures: u64,
+    /// Cancelled when the worker leaves the pool: work in flight there is abandoned and redone elsewhere.
+    departed: CancellationToken,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.departed.cancel();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +70,8 @@ pub struct Lease {
     pool: Arc<WorkerPool>,
     pub worker_id: String,
     pub client: WorkerServiceClient<Channel>,
+    /// Cancelled when the worker leaves the pool (its lease ran out, it was reaped or registered anew).
+    pub departed: CancellationToken,
     key: u64,
 }
 
@@ -197,6 +208,7 @@ impl WorkerPool {
             unhealthy_until: None,
             evaluations: 0,
             failures: 0,
+            departed: CancellationToken::new(),
         };
         inner.workers.insert(id.clone(), entry);
         drop(inner);
@@ -300,9 +312,10 @@ impl WorkerPool {
         entry.in_flight += 1;
         entry.activity.insert(key, activity.to_string());
         let client = entry.client.clone();
+        let departed = entry.departed.clone();
         drop(inner);
         self.changed();
-        Some(Lease { pool: self.clone(), worker_id: best, client, key })
+        Some(Lease { pool: self.clone(), worker_id: best, client, departed, key })
     }
 
     fn release(&self, id: &str, key: u64) {

@@ -144,7 +144,11 @@ pub async fn run(
             let store = JobStore::new(config.queue_limit);
             let context = Arc::new(JobContext {
                 store: store.clone(),
-                dispatcher: Dispatcher { pool: pool.clone(), timeout: config.eval_timeout, max_attempts: config.max_attempts },
+                dispatcher: Dispatcher {
+                    pool: pool.clone(),
+                    timeout: config.eval_timeout,
+                    max_attempts: config.max_attempts,
+                },
                 data_dir: config.data_dir.clone(),
                 decode_chunk: config.decode_chunk,
                 decode_context: config.decode_context,

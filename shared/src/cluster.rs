@@ -44,8 +44,7 @@ pub enum ClusterError {
 
 /// Parses `http://host:port[,http://host:port...]`.
 pub fn parse_endpoints(list: &str) -> Result<Vec<String>, ClusterError> {
-    let endpoints: Vec<String> =
-        list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
+    let endpoints: Vec<String> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
     if endpoints.is_empty() {
         return Err(ClusterError::Endpoints("no endpoint given".into()));
     }
@@ -78,7 +77,10 @@ pub async fn connect(endpoints: &[String]) -> Result<Client, ClusterError> {
 pub async fn timed<T>(
     request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, ClusterError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request).await.map_err(|_| ClusterError::Timeout(REQUEST_TIMEOUT))?.map_err(Into::into)
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .map_err(|_| ClusterError::Timeout(REQUEST_TIMEOUT))?
+        .map_err(Into::into)
 }
 
 /// Whether a lease still holds, as its keeper knows it.

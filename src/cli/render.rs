@@ -49,8 +49,7 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
     }
     let model_name = engine.geometry().name.clone();
     let worker_listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
-    let worker_config =
-        WorkerConfig {
+    let worker_config = WorkerConfig {
         coordinator: address.clone(),
         etcd: None,
         advertise: None,

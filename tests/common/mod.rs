@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -38,13 +40,23 @@ impl Drop for Proc {
 }
 
 /// Starts `patchwork ARGS` and waits for the "... listening on ADDR" line it prints first.
-fn spawn_listening(args: &[&str]) -> Proc {
+pub fn spawn_listening(args: &[&str]) -> Proc {
+    spawn_logged(args, None)
+}
+
+/// Like [`spawn_listening`], with the log (stderr, at `info`) written to `log` when given.
+pub fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
+    let (stderr, level) = match log {
+        Some(path) => (Stdio::from(std::fs::File::create(path).expect("creating the log file")), "info"),
+        None => (Stdio::inherit(), "warn"),
+    };
     let mut child = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("starting patchwork");
     let stdout = child.stdout.take().expect("stdout is piped");

@@ -70,7 +70,10 @@ impl Gate {
         if Self::is_open(&state) {
             Ok(Ticket(state.generation))
         } else {
-            Err(Status::unavailable("this worker's membership lease has lapsed; it takes no work until registered again"))
+            tracing::warn!("work refused: this worker's membership lease has lapsed");
+            Err(Status::unavailable(
+                "this worker's membership lease has lapsed; it takes no work until registered again",
+            ))
         }
     }
 

@@ -26,13 +26,27 @@ pub struct WorkerService {
     evaluations: AtomicU64,
     gate: Arc<Gate>,
     /// The newest coordinator term seen in a fence.
-    term: AtomicU64,
+    term: Arc<AtomicU64>,
 }
 
 /// What a request was admitted under, checked again before its result goes out.
 struct Admission {
     ticket: Ticket,
     term: u64,
+}
+
+/// Whether the result of an admitted request may still go out.
+fn release(gate: &Gate, newest_term: &AtomicU64, admission: &Admission) -> Result<(), Status> {
+    gate.still_valid(admission.ticket)?;
+    let newest = newest_term.load(Ordering::SeqCst);
+    if admission.term < newest {
+        tracing::warn!(term = admission.term, newest, "a newer leader took over during an evaluation; result dropped");
+        return Err(Status::aborted(format!(
+            "term {} was superseded by term {newest} during the evaluation; the result is dropped",
+            admission.term
+        )));
+    }
+    Ok(())
 }
 
 impl WorkerService {
@@ -51,7 +65,7 @@ impl WorkerService {
             description,
             evaluations: AtomicU64::new(0),
             gate: Gate::always_open(),
-            term: AtomicU64::new(0),
+            term: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -72,20 +86,6 @@ impl WorkerService {
             )));
         }
         Ok(Admission { ticket, term })
-    }
-
-    /// Whether the result of an admitted request may still go out.
-    fn release(&self, admission: &Admission) -> Result<(), Status> {
-        self.gate.still_valid(admission.ticket)?;
-        let newest = self.term.load(Ordering::SeqCst);
-        if admission.term < newest {
-            tracing::warn!(term = admission.term, newest, "a newer leader took over during an evaluation; result dropped");
-            return Err(Status::aborted(format!(
-                "term {} was superseded by term {newest} during the evaluation; the result is dropped",
-                admission.term
-            )));
-        }
-        Ok(())
     }
 
     pub fn description(&self) -> &pb::WorkerDescription {
@@ -121,18 +121,24 @@ impl WorkerService {
 
     /// Runs `work` on the blocking pool. The slot travels with it: a request the coordinator abandons
     /// (cancel, timeout) keeps its slot until the computation really ends.
+    ///
+    /// When the work ends, the result is checked against the fence it was admitted under, in the blocking
+    /// task itself: the handler may be gone by then (the coordinator gave up), but the drop is still logged.
     async fn run<T: Send + 'static>(
         &self,
         slot: tokio::sync::OwnedSemaphorePermit,
+        admission: Admission,
         work: impl FnOnce(&dyn Evaluator) -> Result<T, ModelError> + Send + 'static,
     ) -> Result<T, Status> {
         let evaluator = self.evaluator.clone();
+        let (gate, newest_term) = (self.gate.clone(), self.term.clone());
         let result = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            work(evaluator.as_ref())
+            let result = work(evaluator.as_ref());
+            release(&gate, &newest_term, &admission).map(|()| result)
         })
         .await
-        .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))?;
+        .map_err(|e| Status::internal(format!("evaluation panicked: {e}")))??;
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         result.map_err(|e| match e {
             ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
@@ -167,8 +173,7 @@ impl worker_service_server::WorkerService for WorkerService {
             guidance_scale: req.guidance_scale,
         };
         tracing::debug!(fence = ?req.fence, ?shape, "denoise");
-        let output = self.run(slot, move |e| e.denoise(&input)).await?;
-        self.release(&admission)?;
+        let output = self.run(slot, admission, move |e| e.denoise(&input)).await?;
         Ok(Response::new(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) }))
     }
 
@@ -186,8 +191,7 @@ impl worker_service_server::WorkerService for WorkerService {
         }
         let input = DecodeInput { shape, latent, context_frames };
         tracing::debug!(fence = ?req.fence, ?shape, "decode");
-        let frames = self.run(slot, move |e| e.decode(&input)).await?;
-        self.release(&admission)?;
+        let frames = self.run(slot, admission, move |e| e.decode(&input)).await?;
         Ok(Response::new(pb::DecodeResponse {
             fence: req.fence,
             frames: Some(wire::u8_tensor(&frames.shape, frames.data)),

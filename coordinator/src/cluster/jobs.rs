@@ -144,10 +144,7 @@ pub async fn load(client: &Client) -> Result<(Vec<(pb::Job, ModelGeometry)>, Has
         out.push(decode(kv.key(), kv.value())?);
     }
     let cancels = cluster::timed(kv.get(CANCELS, Some(GetOptions::new().with_prefix().with_keys_only()))).await?;
-    let cancelled = cancels
-        .kvs()
-        .iter()
-        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(CANCELS).map(str::to_string))
-        .collect();
+    let cancelled =
+        cancels.kvs().iter().filter_map(|kv| kv.key_str().ok()?.strip_prefix(CANCELS).map(str::to_string)).collect();
     Ok((out, cancelled))
 }

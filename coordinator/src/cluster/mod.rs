@@ -18,8 +18,8 @@ use patchwork_shared::cluster::{self, ELECTION};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use journal::EtcdJournal;
 pub use jobs::Leadership;
+pub use journal::EtcdJournal;
 
 use crate::pool::WorkerPool;
 use crate::server::CoordinatorConfig;
@@ -61,7 +61,13 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    pub fn new(client: Client, pool: Arc<WorkerPool>, config: CoordinatorConfig, ttl: Duration, advertise: String) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        pool: Arc<WorkerPool>,
+        config: CoordinatorConfig,
+        ttl: Duration,
+        advertise: String,
+    ) -> Arc<Self> {
         Arc::new(Self { client, pool, config, ttl, advertise, role: watch::channel(RoleView::default()).0 })
     }
 
@@ -82,7 +88,9 @@ async fn observe_leader(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     loop {
         let mut election = cluster.client.election_client();
         let known = match cluster::timed(election.leader(ELECTION)).await {
-            Ok(answer) => answer.kv().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64)),
+            Ok(answer) => {
+                answer.kv().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64))
+            }
             // "election: no leader", or etcd unreachable: nobody is known to lead.
             Err(_) => None,
         };

@@ -145,7 +145,8 @@ fn not_the_leader(cluster: &Cluster, leader: &str) -> Status {
     if leader.is_empty() || leader == cluster.advertise {
         return Status::unavailable("no coordinator leads yet (an election or a takeover is under way); try again");
     }
-    let mut status = Status::unavailable(format!("this coordinator is a follower; send writes to the leader at {leader}"));
+    let mut status =
+        Status::unavailable(format!("this coordinator is a follower; send writes to the leader at {leader}"));
     if let Ok(value) = leader.parse() {
         status.metadata_mut().insert(LEADER_HEADER, value);
     }
@@ -208,7 +209,9 @@ impl RenderService for RenderApi {
             View::Follower(cluster, leader) => return Err(not_the_leader(&cluster, &leader)),
             View::Leader(cluster, term) => {
                 let store = &term.store;
-                if let Some(existing) = (!req.request_id.is_empty()).then(|| store.by_request(&req.request_id)).flatten() {
+                if let Some(existing) =
+                    (!req.request_id.is_empty()).then(|| store.by_request(&req.request_id)).flatten()
+                {
                     (existing, false)
                 } else {
                     store.check_room().map_err(full)?;
@@ -222,7 +225,12 @@ impl RenderService for RenderApi {
                         }
                         jobs::Created::Existing(id) => match store.get(&id) {
                             Some(job) => (job, false),
-                            None => (jobs::get(&cluster.client, &id).await?.ok_or_else(|| Status::unavailable("the job of this request_id is being created; try again"))?, false),
+                            None => (
+                                jobs::get(&cluster.client, &id).await?.ok_or_else(|| {
+                                    Status::unavailable("the job of this request_id is being created; try again")
+                                })?,
+                                false,
+                            ),
                         },
                     }
                 }
@@ -308,7 +316,11 @@ impl RenderService for RenderApi {
                 }
                 // A client that leaves ends the task, even if the job never changes again.
                 tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { return },
+                    changed = updates.changed() => if changed.is_err() {
+                        // The store went away: this coordinator's leadership term ended.
+                        let _ = tx.send(Err(Status::unavailable("this coordinator stopped leading; watch the job again"))).await;
+                        return;
+                    },
                     _ = tx.closed() => return,
                 }
             }
