@@ -12,6 +12,7 @@ use super::error::{ModelError, Result};
 use super::load::ComponentDir;
 use super::t5::UMT5Encoder;
 use super::vae::WanVae;
+use crate::group::{DeviceName, ShardGroup, ShardLoader};
 
 /// The components that can be run alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,4 +101,23 @@ pub fn run_component(
         }
     };
     Ok(HashMap::from([(name.to_string(), output.to_dtype(DType::F32)?)]))
+}
+
+/// Runs the transformer in `model_dir` on `inputs` sharded over `devices` (one rank each, tensor
+/// parallel), as `patchwork model forward --tp N` does. The output is returned in f32.
+pub fn run_transformer_sharded(
+    model_dir: &Path,
+    inputs: &HashMap<String, Tensor>,
+    dtype: DType,
+    devices: &[DeviceName],
+) -> Result<HashMap<String, Tensor>> {
+    let dir = ComponentDir::open(model_dir)?;
+    let input = |name: &str| -> Result<&Tensor> {
+        inputs.get(name).ok_or_else(|| ModelError::input(name, "missing; the transformer takes it"))
+    };
+    let (hidden, timestep, text) = (input("hidden_states")?, input("timestep")?, input("encoder_hidden_states")?);
+    let loader: ShardLoader = std::sync::Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
+    let group = ShardGroup::start(0, devices.to_vec(), loader)?;
+    let out = group.forward(hidden, timestep, text).map_err(|e| ModelError::input("tp", e.to_string()))?;
+    Ok(HashMap::from([("sample".to_string(), out.to_dtype(DType::F32)?)]))
 }

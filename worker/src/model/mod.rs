@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 pub mod load;
 pub mod random;
+pub mod sharded;
 pub mod t5;
 pub mod tokenizer;
 pub mod vae;

@@ -17,6 +17,10 @@ pub struct RandomWeights {
 }
 
 impl RandomWeights {
+    pub fn new(seed: u64) -> Self {
+        RandomWeights { seed }
+    }
+
     pub fn var_builder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(RandomWeights { seed }), dtype, device.clone())
     }

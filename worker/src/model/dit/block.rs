@@ -5,7 +5,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::WanTransformerConfig;
-use super::layers::{F32LayerNorm, Linear, RmsNorm};
+use super::layers::{F32LayerNorm, Linear};
+use super::parallel::{Comm, RowParallelLinear, ShardedRmsNorm};
 use super::rope::{apply_rope, RopeTables};
 use crate::model::attention::{attention, AttentionTiling};
 use crate::model::cpu::fast_math::gelu_tanh;
@@ -14,30 +15,35 @@ use crate::model::cpu::fast_math::gelu_tanh;
 /// evaluated a slice of tokens at a time to keep memory flat in the sequence length.
 const FFN_TOKEN_CHUNK: usize = 8192;
 
-/// Multi-head attention with RMS norm of q and k across all heads (`attn1`, `attn2` in diffusers).
+/// Multi-head attention with RMS norm of q and k across all heads (`attn1`, `attn2` in diffusers). In a
+/// shard group each rank holds `heads / world` whole heads.
 #[derive(Debug, Clone)]
 pub struct WanAttention {
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
-    to_out: Linear,
-    norm_q: RmsNorm,
-    norm_k: RmsNorm,
+    to_out: RowParallelLinear,
+    norm_q: ShardedRmsNorm,
+    norm_k: ShardedRmsNorm,
+    /// Heads on this rank.
     heads: usize,
     head_dim: usize,
 }
 
 impl WanAttention {
-    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig, comm: &Comm) -> Result<Self> {
         let dim = cfg.dim();
+        let inner = cfg.num_attention_heads * cfg.attention_head_dim;
+        let heads = cfg.num_attention_heads / comm.world();
+        let local = heads * cfg.attention_head_dim;
         Ok(WanAttention {
-            to_q: Linear::load(vb.pp("to_q"), dim, dim)?,
-            to_k: Linear::load(vb.pp("to_k"), dim, dim)?,
-            to_v: Linear::load(vb.pp("to_v"), dim, dim)?,
-            to_out: Linear::load(vb.pp("to_out.0"), dim, dim)?,
-            norm_q: RmsNorm::load(vb.pp("norm_q"), dim, cfg.eps)?,
-            norm_k: RmsNorm::load(vb.pp("norm_k"), dim, cfg.eps)?,
-            heads: cfg.num_attention_heads,
+            to_q: Linear::load(vb.pp("to_q"), dim, local)?,
+            to_k: Linear::load(vb.pp("to_k"), dim, local)?,
+            to_v: Linear::load(vb.pp("to_v"), dim, local)?,
+            to_out: RowParallelLinear::load(vb.pp("to_out.0"), local, dim, comm)?,
+            norm_q: ShardedRmsNorm::load(vb.pp("norm_q"), local, inner, cfg.eps, comm)?,
+            norm_k: ShardedRmsNorm::load(vb.pp("norm_k"), local, inner, cfg.eps, comm)?,
+            heads,
             head_dim: cfg.attention_head_dim,
         })
     }
@@ -72,18 +78,20 @@ impl WanAttention {
     }
 }
 
-/// The GELU (tanh approximation) feed-forward, `ffn.net.0.proj` then `ffn.net.2`.
+/// The GELU (tanh approximation) feed-forward, `ffn.net.0.proj` then `ffn.net.2`. In a shard group each
+/// rank holds a part of the hidden layer.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
     up: Linear,
-    down: Linear,
+    down: RowParallelLinear,
 }
 
 impl FeedForward {
-    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig, comm: &Comm) -> Result<Self> {
+        let local = crate::collective::partition(cfg.ffn_dim, comm.world(), comm.rank()).len();
         Ok(FeedForward {
-            up: Linear::load(vb.pp("net.0.proj"), cfg.dim(), cfg.ffn_dim)?,
-            down: Linear::load(vb.pp("net.2"), cfg.ffn_dim, cfg.dim())?,
+            up: Linear::load(vb.pp("net.0.proj"), cfg.dim(), local)?,
+            down: RowParallelLinear::load(vb.pp("net.2"), local, cfg.dim(), comm)?,
         })
     }
 
@@ -116,17 +124,17 @@ pub struct WanBlock {
 }
 
 impl WanBlock {
-    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, cfg: &WanTransformerConfig, comm: &Comm) -> Result<Self> {
         let dim = cfg.dim();
         let device = vb.device().clone();
         let norm2 = if cfg.cross_attn_norm { Some(F32LayerNorm::affine(vb.pp("norm2"), dim, cfg.eps)?) } else { None };
         Ok(WanBlock {
             norm1: F32LayerNorm::plain(dim, cfg.eps, &device)?,
-            attn1: WanAttention::load(vb.pp("attn1"), cfg)?,
+            attn1: WanAttention::load(vb.pp("attn1"), cfg, comm)?,
             norm2,
-            attn2: WanAttention::load(vb.pp("attn2"), cfg)?,
+            attn2: WanAttention::load(vb.pp("attn2"), cfg, comm)?,
             norm3: F32LayerNorm::plain(dim, cfg.eps, &device)?,
-            ffn: FeedForward::load(vb.pp("ffn"), cfg)?,
+            ffn: FeedForward::load(vb.pp("ffn"), cfg, comm)?,
             scale_shift_table: vb.set_dtype(DType::F32).get((1, 6, dim), "scale_shift_table")?,
         })
     }

@@ -6,7 +6,7 @@ use crate::model::error::{ModelError, Result};
 
 /// `WanTransformer3DModel`'s configuration. Field names are diffusers'; keys this model does not use
 /// (`_class_name`, `_diffusers_version`, …) are ignored.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct WanTransformerConfig {
     #[serde(default = "default_patch_size")]
     pub patch_size: [usize; 3],

@@ -83,25 +83,6 @@ impl Module for F32LayerNorm {
     }
 }
 
-/// RMS norm over the last dimension with a learned scale (torch's `RMSNorm`), in the input's dtype.
-#[derive(Debug, Clone)]
-pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(RmsNorm { weight: vb.get(dim, "weight")?, eps: eps as f32 })
-    }
-}
-
-impl Module for RmsNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ mod block;
 mod config;
 mod embed;
 mod layers;
+pub mod parallel;
 mod rope;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -25,6 +26,9 @@ use self::layers::F32LayerNorm;
 use crate::model::attention::AttentionTiling;
 use crate::model::error::{ModelError, Result};
 use crate::model::load::ComponentDir;
+use crate::model::sharded::{ShardedWeights, WeightSource};
+
+use self::parallel::Comm;
 
 /// RoPE's base: fixed by the checkpoint's training.
 const ROPE_THETA: f64 = 10_000.0;
@@ -42,6 +46,8 @@ pub struct WanTransformer {
     tiling: AttentionTiling,
     device: Device,
     dtype: DType,
+    /// The shard group this model is a part of (a group of one when unsharded).
+    comm: Comm,
 }
 
 impl WanTransformer {
@@ -53,14 +59,43 @@ impl WanTransformer {
         Self::new(&cfg, vb).map_err(|e| dir.weights_error(e))
     }
 
+    /// Loads this rank's shard of a diffusers `transformer/` folder for the group `comm`, reading only the
+    /// rank's slices of the split weights.
+    pub fn load_shard(dir: &ComponentDir, dtype: DType, device: &Device, comm: Comm) -> Result<Self> {
+        let cfg: WanTransformerConfig = dir.config()?;
+        cfg.validate()?;
+        parallel::check_degree(&cfg, comm.world())?;
+        let files = dir.weight_files()?;
+        // SAFETY: the files are memory-mapped read-only; patchwork never writes model files while serving.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+            .map_err(|e| dir.weights_error(e))?;
+        let vb = ShardedWeights::var_builder(
+            WeightSource::Safetensors(mapped),
+            comm.rank(),
+            comm.world(),
+            parallel::split_rule(&cfg),
+            dtype,
+            device,
+        );
+        Self::new_shard(&cfg, vb, comm).map_err(|e| dir.weights_error(e))
+    }
+
     /// Builds the model from any variable source whose paths are the diffusers keys.
     pub fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_shard(cfg, vb, parallel::solo())
+    }
+
+    /// Builds this rank's shard of the model for the group `comm`; `vb` gives the rank's slices of the
+    /// split tensors (see [`ShardedWeights`] and [`parallel::split_rule`]).
+    pub fn new_shard(cfg: &WanTransformerConfig, vb: VarBuilder, comm: Comm) -> Result<Self> {
         cfg.validate()?;
+        parallel::check_degree(cfg, comm.world())?;
         let dim = cfg.dim();
         let device = vb.device().clone();
         let dtype = vb.dtype();
-        let blocks =
-            (0..cfg.num_layers).map(|i| WanBlock::load(vb.pp(format!("blocks.{i}")), cfg)).collect::<Result<_, _>>()?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| WanBlock::load(vb.pp(format!("blocks.{i}")), cfg, &comm))
+            .collect::<Result<_, _>>()?;
         let [pt, ph, pw] = cfg.patch_size;
         Ok(WanTransformer {
             patch_embedding: PatchEmbed::load(vb.pp("patch_embedding"), cfg)?,
@@ -73,7 +108,13 @@ impl WanTransformer {
             dtype,
             device,
             cfg: cfg.clone(),
+            comm,
         })
+    }
+
+    /// The shard group this model runs in.
+    pub fn comm(&self) -> &Comm {
+        &self.comm
     }
 
     pub fn config(&self) -> &WanTransformerConfig {
