@@ -15,7 +15,8 @@ use cli::client::{
 use cli::render::RenderArgs;
 use cli::serve::{CoordinatorArgs, WorkerArgs};
 use cli::spec::SpecArgs;
-use patchwork_worker::model::forward::{parse_dtype, run_component, Component};
+use patchwork_worker::group::{DeviceList, DeviceName};
+use patchwork_worker::model::forward::{parse_dtype, run_component, run_transformer_sharded, Component};
 
 #[derive(Debug, Parser)]
 #[command(name = "patchwork", version, about = "A render farm for text-to-video diffusion transformers")]
@@ -118,6 +119,12 @@ struct ForwardArgs {
     /// f32 | bf16 | f16
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Shard the transformer over this many ranks (tensor parallel) [default: 1, or the device count].
+    #[arg(long)]
+    tp: Option<usize>,
+    /// The ranks' devices (`cpu:N`, `cuda:0,1`) [default: `cpu:TP`].
+    #[arg(long)]
+    devices: Option<DeviceList>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -242,7 +249,23 @@ fn model_forward(args: ForwardArgs) -> anyhow::Result<()> {
     let device = candle_core::Device::Cpu;
     let inputs: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading inputs {}", args.inputs.display()))?;
-    let outputs = run_component(component, &args.model_dir, &inputs, dtype, &device)?;
+    let sharded = args.tp.is_some() || args.devices.is_some();
+    let outputs = if sharded {
+        if component != Component::Transformer {
+            anyhow::bail!("--tp and --devices: only the transformer is sharded, not the {}", component.name());
+        }
+        let devices = match &args.devices {
+            Some(list) => list.0.clone(),
+            None => (0..args.tp.unwrap_or(1)).map(DeviceName::Cpu).collect(),
+        };
+        let tp = args.tp.unwrap_or(devices.len());
+        if tp != devices.len() {
+            anyhow::bail!("--tp {tp} with {} devices: one rank per device", devices.len());
+        }
+        run_transformer_sharded(&args.model_dir, &inputs, dtype, &devices)?
+    } else {
+        run_component(component, &args.model_dir, &inputs, dtype, &device)?
+    };
     candle_core::safetensors::save(&outputs, &args.output)
         .with_context(|| format!("writing output {}", args.output.display()))?;
     Ok(())

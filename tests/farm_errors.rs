@@ -195,7 +195,9 @@ async fn malformed_answers_count_as_failures_and_the_job_still_finishes() {
         .into_inner();
     let beats = tokio::spawn(async move {
         loop {
-            let _ = registry.heartbeat(pb::HeartbeatRequest { worker_id: registered.worker_id.clone() }).await;
+            let _ = registry
+                .heartbeat(pb::HeartbeatRequest { worker_id: registered.worker_id.clone(), groups: vec![] })
+                .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -219,6 +221,7 @@ async fn malformed_answers_count_as_failures_and_the_job_still_finishes() {
     let err = err.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("model.native_frames"), "{}", err.message());
-    let unknown = registry.heartbeat(pb::HeartbeatRequest { worker_id: "w999".into() }).await.unwrap_err();
+    let unknown =
+        registry.heartbeat(pb::HeartbeatRequest { worker_id: "w999".into(), groups: vec![] }).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }

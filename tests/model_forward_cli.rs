@@ -199,3 +199,67 @@ fn bad_arguments_and_inputs_are_named() {
     let (ok, err) = run_forward("vae-encode", &fixtures().join("pipeline/vae"), &tiny, &out, "f32");
     assert!(!ok && err.contains("sample") && err.contains("multiples of 8"), "{err}");
 }
+
+fn run_forward_args(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_patchwork")).args(["model", "forward"]).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "patchwork panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn forward_sharded_over_cpu_ranks_matches_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("transformer-3h");
+    let inputs = fixtures().join("cases/transformer-3h-f5-h4w2.in.safetensors");
+    let expected = fixtures().join("cases/transformer-3h-f5-h4w2.out.safetensors");
+    let want = candle_core::safetensors::load(expected, &Device::Cpu).unwrap().remove("sample").unwrap();
+    let out = tmp.path().join("o.safetensors");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let base = [
+        "--component".to_string(),
+        "transformer".into(),
+        "--model-dir".into(),
+        path(&model),
+        "--inputs".into(),
+        path(&inputs),
+        "--output".into(),
+        path(&out),
+    ];
+    let args =
+        |extra: &[&str]| -> Vec<String> { base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect() };
+    for extra in [&["--tp", "3"][..], &["--devices", "cpu:3"][..]] {
+        let a = args(extra);
+        let (ok, err) = run_forward_args(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{extra:?}: {err}");
+        let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap().remove("sample").unwrap();
+        let e = rel_err(&got, &want);
+        assert!(e <= 1e-4, "{extra:?}: relative error {e:e}");
+    }
+    // Three heads do not split in two; only the transformer is sharded; no CUDA in this build.
+    let refused: [(&[&str], &str); 3] = [
+        (&["--tp", "2"], "degree 2 does not divide the model's 3 attention heads"),
+        (&["--tp", "2", "--devices", "cpu:3"], "--tp 2 with 3 devices"),
+        (&["--devices", "cuda:0"], "cuda:0"),
+    ];
+    for (extra, expected) in refused {
+        let a = args(extra);
+        let (ok, err) = run_forward_args(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok && err.contains(expected), "{extra:?}: {err}");
+    }
+    let vae = fixtures().join("pipeline/vae");
+    let vae_in = fixtures().join("cases/vae-decode-f1.in.safetensors");
+    let (ok, err) = run_forward_args(&[
+        "--component",
+        "vae-decode",
+        "--model-dir",
+        &path(&vae),
+        "--inputs",
+        &path(&vae_in),
+        "--output",
+        &path(&out),
+        "--tp",
+        "2",
+    ]);
+    assert!(!ok && err.contains("only the transformer is sharded"), "{err}");
+}

@@ -223,12 +223,16 @@ impl WorkerPool {
         self.lock().models.entry(geometry.name.clone()).or_insert(geometry);
     }
 
-    /// Records a heartbeat; false for an id the pool does not know (the worker must register again).
-    pub fn heartbeat(&self, id: &str) -> bool {
+    /// Records a heartbeat and the shard groups' health it reports (when it does); false for an id the
+    /// pool does not know (the worker must register again).
+    pub fn heartbeat(&self, id: &str, groups: Vec<pb::ShardGroup>) -> bool {
         let mut inner = self.lock();
         let Some(entry) = inner.workers.get_mut(id) else { return false };
         entry.last_seen = Instant::now();
         entry.last_seen_ms = now_ms();
+        if !groups.is_empty() {
+            entry.description.groups = groups;
+        }
         true
     }
 
@@ -423,6 +427,6 @@ mod tests {
         let again = pool.register("http://127.0.0.1:1", description(&ModelGeometry::tiny())).unwrap();
         assert_ne!(id, again);
         assert_eq!(pool.worker_count(), 1);
-        assert!(!pool.heartbeat(&id) && pool.heartbeat(&again));
+        assert!(!pool.heartbeat(&id, vec![]) && pool.heartbeat(&again, vec![]));
     }
 }

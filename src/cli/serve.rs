@@ -10,7 +10,9 @@ use clap::Args;
 use patchwork_coordinator::server::EtcdSettings;
 use patchwork_coordinator::CoordinatorConfig;
 use patchwork_shared::model::ModelGeometry;
+use patchwork_worker::engine::InjectedFault;
 use patchwork_worker::engine::{Engine, Evaluator, LoadTest, ModelSource};
+use patchwork_worker::group::{shard_groups, DeviceList, DeviceName};
 use patchwork_worker::membership::EtcdMembership;
 use patchwork_worker::model::forward::parse_dtype;
 use patchwork_worker::run::WorkerConfig;
@@ -127,9 +129,14 @@ impl ModelArgs {
 
     /// Loads the model on the CPU.
     pub fn load(&self) -> anyhow::Result<Engine> {
+        self.load_groups(&[vec![DeviceName::Cpu(0)]])
+    }
+
+    /// Loads the model with one shard group per entry of `groups`.
+    pub fn load_groups(&self, groups: &[Vec<DeviceName>]) -> anyhow::Result<Engine> {
         let dtype = parse_dtype(&self.dtype)?;
         let source = self.source();
-        Engine::load(&source, dtype, &candle_core::Device::Cpu).with_context(|| match &source {
+        Engine::load_groups(&source, dtype, groups).with_context(|| match &source {
             ModelSource::Tiny => "building the embedded tiny model".to_string(),
             ModelSource::Dir { path, .. } => format!("loading the model in {}", path.display()),
         })
@@ -152,15 +159,51 @@ pub struct WorkerArgs {
     /// The address the coordinator should use to reach this worker [default: the listener's].
     #[arg(long, env = "PATCHWORK_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Evaluations at once.
-    #[arg(long, env = "PATCHWORK_CAPACITY", default_value_t = 1)]
-    pub capacity: usize,
+    /// The devices this worker owns: `cpu`, `cpu:N` (N CPU ranks) or `cuda:0,1,2,3`.
+    #[arg(long, env = "PATCHWORK_DEVICES", default_value = "cpu")]
+    pub devices: DeviceList,
+    /// Tensor-parallel degree: the devices form shard groups of this many, each evaluating one window at
+    /// a time (8 devices: --tp 8, 4, 2 or 1). It must divide the model's attention heads.
+    #[arg(long, env = "PATCHWORK_TP", default_value_t = 1)]
+    pub tp: usize,
+    /// Evaluations at once with `--devices cpu`: that many CPU shard groups [default: 1]. With other
+    /// devices the groups set it.
+    #[arg(long, env = "PATCHWORK_CAPACITY")]
+    pub capacity: Option<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// TESTING ONLY: make rank RANK of shard group GROUP fail at that group's evaluation N (GROUP:RANK:N),
+    /// as a lost device would.
+    #[arg(long, hide = true)]
+    pub inject_rank_fault: Option<InjectedFault>,
     /// LOAD TEST ONLY: evaluate nothing, wait this long per request and answer zeros. For measuring the
     /// control plane; never produces a real video.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub load_test_delay: Option<Duration>,
+}
+
+impl WorkerArgs {
+    /// The shard groups from `--devices`, `--tp` and `--capacity`.
+    fn shard_groups(&self) -> anyhow::Result<Vec<Vec<DeviceName>>> {
+        let mut devices = self.devices.0.clone();
+        if devices == [DeviceName::Cpu(0)] {
+            // Plain `cpu`: as many CPU ranks as the groups need.
+            let ranks = self.capacity.unwrap_or(1).max(1) * self.tp.max(1);
+            devices = (0..ranks).map(DeviceName::Cpu).collect();
+        }
+        let groups = shard_groups(&devices, self.tp)?;
+        if let Some(capacity) = self.capacity {
+            if capacity != groups.len() {
+                anyhow::bail!(
+                    "--capacity {capacity}: {} devices at --tp {} form {} shard groups, one evaluation each",
+                    devices.len(),
+                    self.tp,
+                    groups.len()
+                );
+            }
+        }
+        Ok(groups)
+    }
 }
 
 /// Cancels the token on Ctrl-C or SIGTERM.
@@ -213,7 +256,13 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         }
         None => {
             let model = args.model.clone();
-            Arc::new(tokio::task::spawn_blocking(move || model.load()).await??)
+            let groups = args.shard_groups()?;
+            tracing::info!(groups = ?groups.iter().map(|g| g.iter().map(|d| d.to_string()).collect::<Vec<_>>()).collect::<Vec<_>>(), "loading the model");
+            let engine = tokio::task::spawn_blocking(move || model.load_groups(&groups)).await??;
+            if let Some(fault) = args.inject_rank_fault {
+                engine.inject_fault(fault)?;
+            }
+            Arc::new(engine)
         }
     };
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
@@ -234,7 +283,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         coordinator: args.coordinator.clone(),
         etcd,
         advertise: args.advertise.clone(),
-        capacity: args.capacity,
+        capacity: args.capacity.unwrap_or(1),
         devices: vec!["cpu".into()],
     };
     patchwork_worker::run::run(config, evaluator, listener, shutdown).await?;

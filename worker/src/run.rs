@@ -58,7 +58,7 @@ pub async fn run(
         let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
         format!("http://{host}:{}", local.port())
     });
-    let service = WorkerService::new(evaluator, config.capacity.max(1), config.devices.clone());
+    let service = WorkerService::new(evaluator.clone(), config.capacity.max(1), config.devices.clone());
     let description = service.description().clone();
     let (service, membership) = match &config.etcd {
         Some(settings) => {
@@ -80,7 +80,9 @@ pub async fn run(
                 .connect_timeout(Duration::from_secs(5));
             let register = pb::RegisterRequest { address: advertise.clone(), description: Some(description) };
             tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
-            (service, tokio::spawn(keep_registered(endpoint.connect_lazy(), register, shutdown.clone())))
+            let evaluator = evaluator.clone();
+            let groups: GroupReport = Arc::new(move || evaluator.shard_groups().unwrap_or_default());
+            (service, tokio::spawn(keep_registered(endpoint.connect_lazy(), register, groups, shutdown.clone())))
         }
     };
     let server = WorkerServiceServer::new(service)
@@ -96,9 +98,17 @@ pub async fn run(
     Ok(result?)
 }
 
+/// The shard groups' current health, sent with every heartbeat.
+type GroupReport = Arc<dyn Fn() -> Vec<pb::ShardGroup> + Send + Sync>;
+
 /// Registers, then heartbeats at the interval the coordinator asks for; registers again whenever the
 /// coordinator has forgotten this worker or cannot be reached.
-async fn keep_registered(channel: Channel, request: pb::RegisterRequest, shutdown: CancellationToken) {
+async fn keep_registered(
+    channel: Channel,
+    request: pb::RegisterRequest,
+    groups: GroupReport,
+    shutdown: CancellationToken,
+) {
     let mut client = WorkerRegistryClient::new(channel);
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
@@ -118,7 +128,7 @@ async fn keep_registered(channel: Channel, request: pb::RegisterRequest, shutdow
             if sleep_or_stop(interval, &shutdown).await {
                 return;
             }
-            let beat = pb::HeartbeatRequest { worker_id: registered.worker_id.clone() };
+            let beat = pb::HeartbeatRequest { worker_id: registered.worker_id.clone(), groups: groups() };
             if let Err(status) = client.heartbeat(beat).await {
                 tracing::warn!(%status, "heartbeat failed; registering again");
                 break;

@@ -50,14 +50,27 @@ fn release(gate: &Gate, newest_term: &AtomicU64, admission: &Admission) -> Resul
 }
 
 impl WorkerService {
+    /// Serves `evaluator`: one evaluation at a time per shard group when it has groups, else `capacity`
+    /// at once on `devices`.
     pub fn new(evaluator: Arc<dyn Evaluator>, capacity: usize, devices: Vec<String>) -> Self {
+        let groups = evaluator.shard_groups().unwrap_or_else(|| {
+            (0..capacity)
+                .map(|index| pb::ShardGroup {
+                    index: index as u32,
+                    devices: devices.clone(),
+                    healthy: true,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        let capacity = groups.len().max(1);
+        let mut devices: Vec<String> = groups.iter().flat_map(|g| g.devices.iter().cloned()).collect();
+        devices.dedup();
         let description = pb::WorkerDescription {
             model: Some(pb::ModelInfo::from(evaluator.geometry())),
             capacity: capacity as u32,
             devices: devices.iter().map(|name| pb::Device { name: name.clone() }).collect(),
-            groups: (0..capacity)
-                .map(|index| pb::ShardGroup { index: index as u32, devices: devices.clone() })
-                .collect(),
+            groups,
         };
         Self {
             evaluator,
@@ -142,6 +155,8 @@ impl WorkerService {
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         result.map_err(|e| match e {
             ModelError::InvalidInput { .. } => Status::invalid_argument(e.to_string()),
+            ModelError::GroupFailed(_) => Status::unavailable(e.to_string()),
+            ModelError::Busy(_) => Status::resource_exhausted(e.to_string()),
             other => {
                 tracing::error!(error = %other, "evaluation failed");
                 Status::internal(other.to_string())
@@ -153,7 +168,11 @@ impl WorkerService {
 #[tonic::async_trait]
 impl worker_service_server::WorkerService for WorkerService {
     async fn describe(&self, _: Request<pb::DescribeRequest>) -> Result<Response<pb::WorkerDescription>, Status> {
-        Ok(Response::new(self.description.clone()))
+        let mut description = self.description.clone();
+        if let Some(groups) = self.evaluator.shard_groups() {
+            description.groups = groups;
+        }
+        Ok(Response::new(description))
     }
 
     async fn denoise(&self, request: Request<pb::DenoiseRequest>) -> Result<Response<pb::DenoiseResponse>, Status> {

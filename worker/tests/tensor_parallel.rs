@@ -112,7 +112,8 @@ fn sharded_transformer_matches_the_reference_fixtures() {
     assert!(!cases.is_empty());
     for case in cases {
         let model_dir = common::fixtures_dir().join(&case.model_dir);
-        let heads = ComponentDir::open(&model_dir).unwrap().config::<WanTransformerConfig>().unwrap().num_attention_heads;
+        let heads =
+            ComponentDir::open(&model_dir).unwrap().config::<WanTransformerConfig>().unwrap().num_attention_heads;
         let inputs = common::load(&case.inputs);
         let expected = common::load(&case.expected);
         let single = run_component(Component::Transformer, &model_dir, &inputs, DType::F32, &Device::Cpu).unwrap();
@@ -134,7 +135,8 @@ fn a_degree_that_does_not_divide_the_heads_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_component(&cfg, dir.path());
     for tp in [5, 7, 8] {
-        let err = run_transformer_sharded(dir.path(), &inputs(&cfg), DType::F32, &cpu_ranks(tp)).unwrap_err().to_string();
+        let err =
+            run_transformer_sharded(dir.path(), &inputs(&cfg), DType::F32, &cpu_ranks(tp)).unwrap_err().to_string();
         assert!(err.contains(&format!("degree {tp} does not divide the model's 12 attention heads")), "{err}");
     }
 }

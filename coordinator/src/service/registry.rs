@@ -28,8 +28,8 @@ impl WorkerRegistry for RegistryService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let id = request.into_inner().worker_id;
-        if self.pool.heartbeat(&id) {
+        let pb::HeartbeatRequest { worker_id: id, groups } = request.into_inner();
+        if self.pool.heartbeat(&id, groups) {
             Ok(Response::new(pb::HeartbeatResponse {}))
         } else {
             Err(Status::not_found(format!("worker_id: {id:?} is not registered; register again")))

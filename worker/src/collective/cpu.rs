@@ -142,7 +142,11 @@ impl Collective for CpuCollective {
     fn all_to_all(&self, x: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
         let size = x.dim(split_dim)?;
         if !size.is_multiple_of(self.world) {
-            candle_core::bail!("all-to-all: dimension {split_dim} of {:?} does not split into {}", x.dims(), self.world);
+            candle_core::bail!(
+                "all-to-all: dimension {split_dim} of {:?} does not split into {}",
+                x.dims(),
+                self.world
+            );
         }
         if self.world == 1 {
             return Ok(x.clone());

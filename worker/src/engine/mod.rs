@@ -7,15 +7,20 @@ mod load_test;
 pub mod tiny;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use patchwork_shared::model::{ModelGeometry, DEFAULT_MODEL};
+use patchwork_shared::pb;
 use patchwork_shared::sampler::classifier_free_guidance;
 
 pub use cache::PromptCache;
 pub use load_test::LoadTest;
 
-use crate::model::dit::WanTransformer;
+use crate::group::{DeviceName, ShardGroup, ShardLoader};
+use crate::model::dit::parallel::check_degree;
+use crate::model::dit::{WanTransformer, WanTransformerConfig};
 use crate::model::t5::TextEncoder;
 use crate::model::vae::WanVae;
 use crate::model::{ModelError, PipelineDir};
@@ -62,53 +67,204 @@ pub trait Evaluator: Send + Sync + 'static {
     /// The guided velocity for a window, the latent's shape.
     fn denoise(&self, input: &DenoiseInput) -> Result<Vec<f32>, ModelError>;
     fn decode(&self, input: &DecodeInput) -> Result<Frames, ModelError>;
+    /// The shard groups and their health, when the evaluator has them (one evaluation at a time each).
+    fn shard_groups(&self) -> Option<Vec<pb::ShardGroup>> {
+        None
+    }
 }
 
-/// A Wan2.1 text-to-video model: text encoder, transformer and VAE on one device.
+/// A Wan2.1 text-to-video model: the transformer in shard groups (one evaluation at a time each), the
+/// text encoder and the VAE on the first group's first device.
 #[derive(Debug)]
 pub struct Engine {
     geometry: ModelGeometry,
-    transformer: WanTransformer,
+    groups: Vec<Arc<GroupSlot>>,
     vae: WanVae,
     text: TextEncoder,
     text_len: usize,
     prompts: PromptCache,
+    device: Device,
+    dtype: DType,
+}
+
+/// One shard group and what the worker reports about it.
+#[derive(Debug)]
+struct GroupSlot {
+    group: Mutex<ShardGroup>,
+    devices: Vec<DeviceName>,
+    /// False from a rank's failure until the group is re-formed.
+    healthy: AtomicBool,
+    failures: AtomicU64,
+    last_error: Mutex<String>,
+    evaluations: AtomicU64,
+    /// A planned fault: the rank, and the evaluation number at which it fails.
+    fault: Mutex<Option<(usize, u64)>>,
+}
+
+/// A rank failure planned for a test: `group:rank:at` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedFault {
+    pub group: usize,
+    pub rank: usize,
+    /// The group's evaluation that fails, counted from 1.
+    pub at: u64,
+}
+
+impl std::str::FromStr for InjectedFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let numbers: Vec<u64> = parts.iter().filter_map(|p| p.parse().ok()).collect();
+        match numbers[..] {
+            [group, rank, at] if parts.len() == 3 && at > 0 => {
+                Ok(InjectedFault { group: group as usize, rank: rank as usize, at })
+            }
+            _ => Err(format!("{s:?}: expected GROUP:RANK:EVALUATION, e.g. 0:1:3")),
+        }
+    }
 }
 
 impl Engine {
+    /// The model on one device, unsharded.
     pub fn load(source: &ModelSource, dtype: DType, device: &Device) -> Result<Self, ModelError> {
-        let (geometry, (transformer, vae, text), text_len) = match source {
-            ModelSource::Tiny => (ModelGeometry::tiny(), tiny::build(dtype, device)?, tiny::TINY_TEXT_LEN),
+        let name = match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => DeviceName::Cuda(gpu_id),
+            _ => DeviceName::Cpu(0),
+        };
+        Self::load_groups(source, dtype, &[vec![name]])
+    }
+
+    /// The model with one shard group per entry of `groups` (each a list of devices, one rank each).
+    pub fn load_groups(source: &ModelSource, dtype: DType, groups: &[Vec<DeviceName>]) -> Result<Self, ModelError> {
+        let first = groups.first().and_then(|g| g.first()).ok_or_else(|| ModelError::input("devices", "no devices"))?;
+        let device = first.open()?;
+        let (geometry, cfg, loader, (vae, text), text_len) = match source {
+            ModelSource::Tiny => {
+                let cfg = tiny::transformer_config();
+                let parts = tiny::build_vae_and_text(dtype, &device)?;
+                (ModelGeometry::tiny(), cfg, tiny::shard_loader(dtype), parts, tiny::TINY_TEXT_LEN)
+            }
             ModelSource::Dir { path, name } => {
                 let pipeline = PipelineDir::open(path)?;
-                let transformer = WanTransformer::load(&pipeline.component("transformer")?, dtype, device)?;
-                let vae = WanVae::load(&pipeline.component("vae")?, dtype, device)?;
-                let text = TextEncoder::load(&pipeline, dtype, device)?;
+                let dir = pipeline.component("transformer")?;
+                let cfg: WanTransformerConfig = dir.config()?;
+                cfg.validate()?;
+                let vae = WanVae::load(&pipeline.component("vae")?, dtype, &device)?;
+                let text = TextEncoder::load(&pipeline, dtype, &device)?;
                 let name = name.clone().unwrap_or_else(|| {
                     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
                 });
-                (geometry_for(&transformer, &name), (transformer, vae, text), 512)
+                let loader: ShardLoader =
+                    Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
+                (geometry_for(&cfg, &name), cfg, loader, (vae, text), 512)
             }
         };
         let d_model = text.encoder().config().d_model;
-        if d_model != transformer.config().text_dim {
+        if d_model != cfg.text_dim {
             return Err(ModelError::input(
                 "text_encoder",
-                format!("its width {d_model} is not the transformer's text_dim {}", transformer.config().text_dim),
+                format!("its width {d_model} is not the transformer's text_dim {}", cfg.text_dim),
             ));
         }
-        Ok(Self { geometry, transformer, vae, text, text_len, prompts: PromptCache::new(64) })
+        for devices in groups {
+            check_degree(&cfg, devices.len())?;
+        }
+        let groups = groups
+            .iter()
+            .enumerate()
+            .map(|(index, devices)| {
+                let group = ShardGroup::start(index, devices.clone(), loader.clone())?;
+                Ok(Arc::new(GroupSlot {
+                    group: Mutex::new(group),
+                    devices: devices.clone(),
+                    healthy: AtomicBool::new(true),
+                    failures: AtomicU64::new(0),
+                    last_error: Mutex::new(String::new()),
+                    evaluations: AtomicU64::new(0),
+                    fault: Mutex::new(None),
+                }))
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self { geometry, groups, vae, text, text_len, prompts: PromptCache::new(64), device, dtype })
     }
 
     fn embeddings(&self, prompt: &str) -> Result<Tensor, ModelError> {
         self.prompts.get_or_insert(prompt, || self.text.encode_prompts(&[prompt], self.text_len))
     }
+
+    /// Makes `rank` of group `group` fail at the group's evaluation number `at` (1 = the next one), as
+    /// a lost device would: for testing recovery end to end.
+    pub fn inject_fault(&self, fault: InjectedFault) -> Result<(), ModelError> {
+        let slot = self.groups.get(fault.group).ok_or_else(|| {
+            ModelError::input(
+                "inject_rank_fault",
+                format!("no shard group {} (the worker has {})", fault.group, self.groups.len()),
+            )
+        })?;
+        if fault.rank >= slot.devices.len() {
+            return Err(ModelError::input(
+                "inject_rank_fault",
+                format!("group {} has no rank {}", fault.group, fault.rank),
+            ));
+        }
+        *lock(&slot.fault) = Some((fault.rank, slot.evaluations.load(Ordering::SeqCst) + fault.at.max(1)));
+        Ok(())
+    }
+
+    /// The transformer on a free, healthy group. A rank failure marks the group unhealthy and re-forms it
+    /// in the background; this evaluation fails (the coordinator gives it to another group).
+    fn transformer(&self, hidden: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor, ModelError> {
+        let Some((slot, group)) = self.groups.iter().find_map(|slot| {
+            if !slot.healthy.load(Ordering::SeqCst) {
+                return None;
+            }
+            slot.group.try_lock().ok().map(|g| (slot, g))
+        }) else {
+            return Err(ModelError::Busy("every shard group is busy or being re-formed".into()));
+        };
+        let evaluation = slot.evaluations.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((rank, at)) = *lock(&slot.fault) {
+            if at == evaluation {
+                tracing::warn!(rank, evaluation, "injecting a rank fault (--inject-rank-fault)");
+                group.inject_fault(rank);
+            }
+        }
+        match group.forward(hidden, timestep, text) {
+            Ok(out) => Ok(out.to_device(&self.device)?),
+            Err(failure) => {
+                slot.healthy.store(false, Ordering::SeqCst);
+                slot.failures.fetch_add(1, Ordering::SeqCst);
+                *lock(&slot.last_error) = failure.to_string();
+                tracing::error!(%failure, "shard group failed; re-forming it");
+                drop(group);
+                let slot = slot.clone();
+                std::thread::spawn(move || {
+                    let reformed = lock(&slot.group).reform();
+                    match reformed {
+                        Ok(()) => {
+                            tracing::info!(devices = ?slot.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>(), "shard group re-formed");
+                            slot.healthy.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "re-forming the shard group failed; it stays out of service");
+                            *lock(&slot.last_error) = format!("re-forming failed: {e}");
+                        }
+                    }
+                });
+                Err(ModelError::GroupFailed(failure.to_string()))
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The geometry of a loaded pipeline: a published Wan2.1 shape gets its preset, anything else the tiny
 /// model's window and defaults under its own name.
-fn geometry_for(transformer: &WanTransformer, name: &str) -> ModelGeometry {
-    let cfg = transformer.config();
+fn geometry_for(cfg: &WanTransformerConfig, name: &str) -> ModelGeometry {
     let preset = match (cfg.dim(), cfg.num_layers) {
         (1536, 30) => ModelGeometry::wan2_1_t2v_1_3b(),
         (5120, 40) => ModelGeometry::wan2_1_t2v_14b(),
@@ -123,9 +279,25 @@ impl Evaluator for Engine {
         &self.geometry
     }
 
+    fn shard_groups(&self) -> Option<Vec<pb::ShardGroup>> {
+        Some(
+            self.groups
+                .iter()
+                .enumerate()
+                .map(|(index, slot)| pb::ShardGroup {
+                    index: index as u32,
+                    devices: slot.devices.iter().map(|d| d.to_string()).collect(),
+                    healthy: slot.healthy.load(Ordering::SeqCst),
+                    failures: slot.failures.load(Ordering::SeqCst),
+                    last_error: lock(&slot.last_error).clone(),
+                })
+                .collect(),
+        )
+    }
+
     fn denoise(&self, input: &DenoiseInput) -> Result<Vec<f32>, ModelError> {
-        let device = self.transformer.device();
-        let dtype = self.transformer.dtype();
+        let device = &self.device;
+        let dtype = self.dtype;
         let [c, f, h, w] = input.shape;
         let latent = Tensor::from_slice(&input.latent, (1, c, f, h, w), device)?.to_dtype(dtype)?;
         let cond = self.embeddings(&input.prompt)?;
@@ -135,12 +307,12 @@ impl Evaluator for Engine {
             let text = Tensor::cat(&[&cond, &uncond], 0)?;
             let x = Tensor::cat(&[&latent, &latent], 0)?;
             let t = Tensor::new(&[input.timestep, input.timestep], device)?.to_dtype(dtype)?;
-            let out = self.transformer.forward(&x, &t, &text)?.to_dtype(DType::F32)?;
+            let out = self.transformer(&x, &t, &text)?.to_dtype(DType::F32)?;
             classifier_free_guidance(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, input.guidance_scale as f64)
                 .map_err(|e| ModelError::input("guidance", e.to_string()))?
         } else {
             let t = Tensor::new(&[input.timestep], device)?.to_dtype(dtype)?;
-            self.transformer.forward(&latent, &t, &cond)?.to_dtype(DType::F32)?
+            self.transformer(&latent, &t, &cond)?.to_dtype(DType::F32)?
         };
         Ok(guided.flatten_all()?.to_vec1::<f32>()?)
     }

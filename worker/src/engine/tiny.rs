@@ -6,8 +6,12 @@
 
 use candle_core::{DType, Device};
 
-use crate::model::dit::{WanTransformer, WanTransformerConfig};
+use std::sync::Arc;
+
+use crate::group::ShardLoader;
+use crate::model::dit::{parallel, WanTransformer, WanTransformerConfig};
 use crate::model::random::RandomWeights;
+use crate::model::sharded::{ShardedWeights, WeightSource};
 use crate::model::t5::{TextEncoder, UMT5Config, UMT5Encoder};
 use crate::model::tokenizer::PromptTokenizer;
 use crate::model::vae::{VaeConfig, WanVae};
@@ -60,11 +64,27 @@ pub fn text_encoder_config() -> UMT5Config {
     }
 }
 
-/// Builds the three components with seeded weights.
-pub fn build(dtype: DType, device: &Device) -> Result<(WanTransformer, WanVae, TextEncoder)> {
-    let transformer = WanTransformer::new(&transformer_config(), RandomWeights::var_builder(TINY_SEED, dtype, device))?;
+/// Builds the text encoder and the VAE with seeded weights.
+pub fn build_vae_and_text(dtype: DType, device: &Device) -> Result<(WanVae, TextEncoder)> {
     let vae = WanVae::new(vae_config(), RandomWeights::var_builder(TINY_SEED + 1, dtype, device))?;
     let encoder = UMT5Encoder::new(&text_encoder_config(), RandomWeights::var_builder(TINY_SEED + 2, dtype, device))?;
     let tokenizer = PromptTokenizer::from_json(TOKENIZER_JSON, "<embedded tiny tokenizer.json>")?;
-    Ok((transformer, vae, TextEncoder::new(tokenizer, encoder)))
+    Ok((vae, TextEncoder::new(tokenizer, encoder)))
+}
+
+/// Builds a rank's shard of the transformer with seeded weights: each rank draws the whole tensors and
+/// keeps its slices, so every degree computes the same model.
+pub fn shard_loader(dtype: DType) -> ShardLoader {
+    Arc::new(move |device, comm| {
+        let cfg = transformer_config();
+        let vb = ShardedWeights::var_builder(
+            WeightSource::Whole(Box::new(RandomWeights::new(TINY_SEED))),
+            comm.rank(),
+            comm.world(),
+            parallel::split_rule(&cfg),
+            dtype,
+            device,
+        );
+        WanTransformer::new_shard(&cfg, vb, comm)
+    })
 }

@@ -41,7 +41,9 @@ impl DeviceName {
             #[cfg(not(feature = "cuda"))]
             DeviceName::Cuda(ordinal) => Err(ModelError::input(
                 "devices",
-                format!("cuda:{ordinal}: this build has no CUDA support (build with --features cuda: tools/cuda/build.sh)"),
+                format!(
+                    "cuda:{ordinal}: this build has no CUDA support (build with --features cuda: tools/cuda/build.sh)"
+                ),
             )),
         }
     }
@@ -104,7 +106,10 @@ mod tests {
         let cpu: DeviceList = "cpu:4".parse().unwrap();
         assert_eq!(cpu.0.len(), 4);
         let groups = shard_groups(&cpu.0, 2).unwrap();
-        assert_eq!(groups, vec![vec![DeviceName::Cpu(0), DeviceName::Cpu(1)], vec![DeviceName::Cpu(2), DeviceName::Cpu(3)]]);
+        assert_eq!(
+            groups,
+            vec![vec![DeviceName::Cpu(0), DeviceName::Cpu(1)], vec![DeviceName::Cpu(2), DeviceName::Cpu(3)]]
+        );
         let cuda: DeviceList = "cuda:0,1,2,3".parse().unwrap();
         assert_eq!(shard_groups(&cuda.0, 4).unwrap().len(), 1);
         assert_eq!(shard_groups(&cuda.0, 1).unwrap().len(), 4);

@@ -84,10 +84,14 @@ impl CommSeed {
         }
         #[cfg(feature = "cuda")]
         {
-            crate::collective::nccl::NcclSeed::for_group(world).map(|seeds| seeds.into_iter().map(CommSeed::Nccl).collect())
+            crate::collective::nccl::NcclSeed::for_group(world)
+                .map(|seeds| seeds.into_iter().map(CommSeed::Nccl).collect())
         }
         #[cfg(not(feature = "cuda"))]
-        Err(ModelError::input("devices", "this build has no CUDA support (build with --features cuda)"))
+        Err(ModelError::input(
+            "devices",
+            format!("{}: this build has no CUDA support (build with --features cuda: tools/cuda/build.sh)", devices[0]),
+        ))
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
@@ -170,7 +174,10 @@ impl ShardGroup {
         self.comms = comms.into_iter().flatten().collect();
         if self.comms.len() != self.devices.len() {
             self.stop();
-            return Err(ModelError::input("devices", format!("shard group {}: a rank thread died while loading", self.index)));
+            return Err(ModelError::input(
+                "devices",
+                format!("shard group {}: a rank thread died while loading", self.index),
+            ));
         }
         Ok(())
     }
@@ -195,12 +202,8 @@ impl ShardGroup {
     /// on the CPU in the model dtype.
     pub fn forward(&self, hidden: &Tensor, timestep: &Tensor, text: &Tensor) -> Result<Tensor, RankFailure> {
         let (reply, answers) = mpsc::channel();
-        let fail = |rank: usize, message: String| RankFailure {
-            group: self.index,
-            rank,
-            device: self.devices[rank],
-            message,
-        };
+        let fail =
+            |rank: usize, message: String| RankFailure { group: self.index, rank, device: self.devices[rank], message };
         for (rank, r) in self.ranks.iter().enumerate() {
             let job =
                 Job { hidden: hidden.clone(), timestep: timestep.clone(), text: text.clone(), reply: reply.clone() };
@@ -218,7 +221,14 @@ impl ShardGroup {
             match answers.recv() {
                 Ok((0, Ok(out))) => output = out,
                 Ok((_, Ok(_))) => {}
-                Ok((rank, Err(message))) => failures.push((rank, message)),
+                Ok((rank, Err(message))) => {
+                    // Peers blocked in a collective with the failed rank stop waiting (NCCL ranks do not
+                    // see each other's aborts otherwise).
+                    for comm in &self.comms {
+                        comm.abort(&message);
+                    }
+                    failures.push((rank, message));
+                }
                 Err(_) => {
                     failures.push((0, "a rank thread ended without answering".into()));
                     break;

@@ -27,6 +27,12 @@ pub enum ModelError {
     InvalidInput { name: String, msg: String },
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    /// A shard group lost a rank during the evaluation; the group is being re-formed.
+    #[error("{0}")]
+    GroupFailed(String),
+    /// No shard group is free to take the evaluation.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Candle(candle_core::Error),
 }

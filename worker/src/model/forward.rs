@@ -116,7 +116,8 @@ pub fn run_transformer_sharded(
         inputs.get(name).ok_or_else(|| ModelError::input(name, "missing; the transformer takes it"))
     };
     let (hidden, timestep, text) = (input("hidden_states")?, input("timestep")?, input("encoder_hidden_states")?);
-    let loader: ShardLoader = std::sync::Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
+    let loader: ShardLoader =
+        std::sync::Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
     let group = ShardGroup::start(0, devices.to_vec(), loader)?;
     let out = group.forward(hidden, timestep, text).map_err(|e| ModelError::input("tp", e.to_string()))?;
     Ok(HashMap::from([("sample".to_string(), out.to_dtype(DType::F32)?)]))

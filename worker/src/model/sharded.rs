@@ -59,14 +59,26 @@ impl ShardedWeights {
             WeightSource::Safetensors(files) => {
                 let tensor = files.load(name, dev)?;
                 if tensor.dims() != shape.dims() {
-                    candle_core::bail!("shape mismatch for {name}: expected {:?}, found {:?}", shape.dims(), tensor.dims());
+                    candle_core::bail!(
+                        "shape mismatch for {name}: expected {:?}, found {:?}",
+                        shape.dims(),
+                        tensor.dims()
+                    );
                 }
                 tensor.to_dtype(dtype)
             }
         }
     }
 
-    fn load_slice(&self, local: &Shape, name: &str, hint: Init, dtype: DType, dev: &Device, split: Split) -> Result<Tensor> {
+    fn load_slice(
+        &self,
+        local: &Shape,
+        name: &str,
+        hint: Init,
+        dtype: DType,
+        dev: &Device,
+        split: Split,
+    ) -> Result<Tensor> {
         let range = partition(split.total, self.world, self.rank);
         let mut full = local.dims().to_vec();
         if full.get(split.dim) != Some(&range.len()) {
