@@ -194,5 +194,15 @@ pub fn print_cluster(state: &pb::ClusterState) {
             devices.join(","),
             w.activity.join("; ")
         );
+        if w.groups.len() > 1 || w.groups.iter().any(|g| g.devices.len() > 1 || !g.healthy || g.failures > 0) {
+            for g in &w.groups {
+                let health = if g.healthy { "healthy" } else { "re-forming" };
+                let failures = match g.failures {
+                    0 => String::new(),
+                    n => format!(", {n} failures (last: {})", g.last_error),
+                };
+                println!("    group {} [{}]: {health}{failures}", g.index, g.devices.join(","));
+            }
+        }
     }
 }

@@ -7,9 +7,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
+use patchwork_worker::group::{DeviceName, ShardGroup, ShardLoader};
 use patchwork_worker::model::attention::AttentionTiling;
+use patchwork_worker::model::dit::parallel::split_rule;
 use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::random::RandomWeights;
+use patchwork_worker::model::sharded::{ShardedWeights, WeightSource};
 use patchwork_worker::model::vae::{VaeConfig, WanVae};
 
 #[derive(Debug, Parser)]
@@ -57,6 +60,24 @@ enum Case {
         #[arg(long)]
         k_tile: Option<usize>,
     },
+    /// One denoising evaluation (a batch of two, as guidance runs it) on CPU shard groups of degree 1 and
+    /// `--tp`, alternated in one process: time per evaluation and bytes all-reduced per evaluation.
+    DitTp {
+        #[arg(long, default_value_t = 2)]
+        tp: usize,
+        /// Heads (× 128 wide): 12 as the 1.3B model.
+        #[arg(long, default_value_t = 12)]
+        heads: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 8960)]
+        ffn: usize,
+        /// Latent frames × height × width (16 channels).
+        #[arg(long, default_value = "3x16x24")]
+        latent: String,
+        #[arg(long, default_value_t = 64)]
+        text_len: usize,
+    },
     /// Streaming VAE decode with the Wan2.1 config and random weights; frames are dropped as they come.
     VaeDecode {
         /// Latent frames × height × width.
@@ -100,6 +121,36 @@ fn main() -> anyhow::Result<()> {
             })?;
             report("dit", &format!("dim{} L{} tokens{}", cfg.dim(), cfg.num_layers, tokens), &times);
         }
+        Case::DitTp { tp, heads, layers, ffn, latent, text_len } => {
+            let cfg = WanTransformerConfig {
+                num_attention_heads: heads,
+                num_layers: layers,
+                ffn_dim: ffn,
+                ..WanTransformerConfig::t2v_1_3b()
+            };
+            let [f, h, w] = parse_grid(&latent)?;
+            let x = Tensor::randn(0f32, 1.0, (2, 16, f, h, w), &device)?;
+            let t = Tensor::new(&[500f32, 500.0], &device)?;
+            let ctx = Tensor::randn(0f32, 1.0, (2, text_len, cfg.text_dim), &device)?;
+            let tokens = f * (h / 2) * (w / 2);
+            let groups = [1, tp]
+                .map(|degree| ShardGroup::start(0, (0..degree).map(DeviceName::Cpu).collect(), random_shards(&cfg)));
+            let [one, many] = groups;
+            let (one, many) = (one?, many?);
+            for _ in 0..cli.warmup {
+                one.forward(&x, &t, &ctx)?;
+                many.forward(&x, &t, &ctx)?;
+            }
+            let (bytes_before, mut times_one, mut times_many) = (many.bytes_all_reduced(), vec![], vec![]);
+            for _ in 0..cli.iters.max(1) {
+                times_one.extend(time(0, 1, || one.forward(&x, &t, &ctx).map(drop).map_err(Into::into))?);
+                times_many.extend(time(0, 1, || many.forward(&x, &t, &ctx).map(drop).map_err(Into::into))?);
+            }
+            let per_eval = (many.bytes_all_reduced() - bytes_before) / cli.iters.max(1) as u64;
+            let shape = format!("dim{} heads{heads} L{layers} ffn{ffn} tokens{tokens} batch2", cfg.dim());
+            report("dit-tp1", &shape, &times_one);
+            report(&format!("dit-tp{tp} all-reduced {per_eval} bytes/eval"), &shape, &times_many);
+        }
         Case::VaeDecode { latent } => {
             let [f, h, w] = parse_grid(&latent)?;
             let cfg = VaeConfig::wan2_1();
@@ -117,6 +168,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each rank's shard of a model with seeded random weights.
+fn random_shards(cfg: &WanTransformerConfig) -> ShardLoader {
+    let cfg = cfg.clone();
+    std::sync::Arc::new(move |device, comm| {
+        let source = WeightSource::Whole(Box::new(RandomWeights::new(0)));
+        let vb = ShardedWeights::var_builder(source, comm.rank(), comm.world(), split_rule(&cfg), DType::F32, device);
+        WanTransformer::new_shard(&cfg, vb, comm)
+    })
 }
 
 fn parse_grid(s: &str) -> anyhow::Result<[usize; 3]> {

@@ -274,6 +274,19 @@ fn rank_main(
             return;
         }
     };
+    // CPU ranks share the machine's cores: each computes on its own share of them rather than every rank
+    // spreading its matrix products over all cores at once.
+    let pool = match device {
+        DeviceName::Cpu(_) if comm.world() > 1 => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads((cores / comm.world()).max(1))
+                .thread_name(move |i| format!("rank{rank}-cpu{i}"))
+                .build()
+                .ok()
+        }
+        _ => None,
+    };
     if ready.send((rank, Ok(comm.clone()))).is_err() {
         return;
     }
@@ -283,7 +296,11 @@ fn rank_main(
             if fault.compare_exchange(rank + 1, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 return Err("injected fault".to_string());
             }
-            evaluate(&model, &dev, rank, &job).map_err(|e| e.to_string())
+            let run = || evaluate(&model, &dev, rank, &job).map_err(|e| e.to_string());
+            match &pool {
+                Some(pool) => pool.install(run),
+                None => run(),
+            }
         }))
         .unwrap_or_else(|panic| {
             let what = panic
