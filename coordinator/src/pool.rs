@@ -124,7 +124,16 @@ impl WorkerPool {
         }
         let id = format!("{}#{}", record.name, record.generation);
         let description = record.description.unwrap_or_default();
-        let known = self.lock().workers.get(&id).is_some_and(|e| e.address == record.address);
+        let mut inner = self.lock();
+        let known = match inner.workers.get_mut(&id) {
+            Some(entry) if entry.address == record.address => {
+                // The same registration again: its shard groups' health may have changed.
+                entry.description.groups = description.groups.clone();
+                true
+            }
+            _ => false,
+        };
+        drop(inner);
         if !known {
             self.add(&record.name, record.generation, &record.address, description, true, |_| id.clone())?;
         }

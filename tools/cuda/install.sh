@@ -4,6 +4,9 @@
 #
 #   tools/cuda/install.sh [PREFIX]      (default PREFIX: target/cuda-toolchain)
 #
+# COMPILER_ONLY=1 installs just what compiling needs (nvcc and headers, about 300 MB instead of 1.5 GB):
+# enough for `cargo check --features cuda`, not for linking the binary.
+#
 # Then `source PREFIX/env.sh` sets PATH, CUDA_ROOT, CUDARC_CUDA_VERSION and CUDA_COMPUTE_CAP for cargo.
 #
 # Version pins: cudarc 0.19 (candle 0.11) knows CUDA up to 13.2, and nvcc's front end (nvvm) and its
@@ -18,13 +21,18 @@ PREFIX="$(cd "$PREFIX" && pwd)"
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
     python3 -m venv "$PREFIX/venv"
 fi
-"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check \
-    "nvidia-cuda-nvcc==${CUDA_SERIES}.*" \
-    "nvidia-nvvm==${CUDA_SERIES}.*" \
-    "nvidia-cuda-crt==${CUDA_SERIES}.*" \
-    "nvidia-cuda-runtime==${CUDA_SERIES}.*" \
-    "nvidia-cuda-cccl==${CUDA_SERIES}.*" \
-    "nvidia-nccl-cu13"
+packages=(
+    "nvidia-cuda-nvcc==${CUDA_SERIES}.*"
+    "nvidia-nvvm==${CUDA_SERIES}.*"
+    "nvidia-cuda-crt==${CUDA_SERIES}.*"
+    "nvidia-cuda-runtime==${CUDA_SERIES}.*"
+    "nvidia-cuda-cccl==${CUDA_SERIES}.*"
+)
+if [ -z "${COMPILER_ONLY:-}" ]; then
+    # What the binary links: NVRTC, cuBLAS, cuRAND (candle) and NCCL.
+    packages+=("nvidia-cuda-nvrtc==${CUDA_SERIES}.*" "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-nccl-cu13")
+fi
+"$PREFIX/venv/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}"
 
 SITE="$("$PREFIX/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # The wheels install under site-packages/nvidia/<part>/ (cu13: site-packages/nvidia/cu13/); gather them in
@@ -47,6 +55,14 @@ for lib in "$ROOT"/lib64/*.so.*; do
     base="${lib%%.so.*}.so"
     [ -e "$base" ] || ln -s "$(basename "$lib")" "$base"
 done
+
+# The driver library (libcuda) comes with the NVIDIA driver, not from PyPI. candle links cudarc against it
+# (`-lcuda`), so link against a stub that has the driver API's symbols and the driver's soname: at run time
+# the dynamic loader finds the real libcuda.so.1 of the machine's driver (there is no libcuda.so.1 here).
+gcc -E -P -I"$ROOT/include" "$ROOT/include/cuda.h" \
+    | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d '( \t' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$PREFIX/libcuda_stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$ROOT/lib64/libcuda.so" "$PREFIX/libcuda_stub.c"
 
 NVCC_VERSION="$("$ROOT/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
 read -r MAJOR MINOR <<<"$NVCC_VERSION"

@@ -90,6 +90,9 @@ impl Gate {
     }
 }
 
+/// The shard groups' current health, as the worker reports it to the coordinators.
+pub type GroupReport = Arc<dyn Fn() -> Vec<pb::ShardGroup> + Send + Sync>;
+
 /// How this worker registers in etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdMembership {
@@ -106,6 +109,7 @@ pub async fn keep_member(
     settings: EtcdMembership,
     mut record: pb::WorkerRecord,
     gate: Arc<Gate>,
+    groups: GroupReport,
     shutdown: CancellationToken,
 ) {
     let key = format!("{}{}", cluster::WORKERS, settings.name);
@@ -138,19 +142,38 @@ pub async fn keep_member(
         gate.open(record.generation, lease.health());
         tracing::info!(name = %settings.name, generation = record.generation, lease = format!("{:x}", lease.id), "registered in etcd");
         let health = lease.health();
-        tokio::select! {
-            _ = health.lapsed() => {
-                gate.close();
-                tracing::warn!(generation = record.generation, "membership lease lapsed; taking no work until registered again");
-                drop(lease);
-            }
-            _ = shutdown.cancelled() => {
-                gate.close();
-                let mut kv = client.kv_client();
-                let _ = cluster::timed(kv.delete(key.clone(), None)).await;
-                lease.revoke(&client).await;
-                tracing::info!("left the cluster");
-                return;
+        // The shard groups' health changes when a rank fails and its group is re-formed: the record says so.
+        let mut reported = groups();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = health.lapsed() => {
+                    gate.close();
+                    tracing::warn!(generation = record.generation, "membership lease lapsed; taking no work until registered again");
+                    drop(lease);
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    gate.close();
+                    let mut kv = client.kv_client();
+                    let _ = cluster::timed(kv.delete(key.clone(), None)).await;
+                    lease.revoke(&client).await;
+                    tracing::info!("left the cluster");
+                    return;
+                }
+                _ = tick.tick() => {
+                    let now = groups();
+                    if now != reported {
+                        if let Some(description) = record.description.as_mut() {
+                            description.groups = now.clone();
+                        }
+                        let mut kv = client.kv_client();
+                        let put = kv.put(key.clone(), record.encode_to_vec(), Some(PutOptions::new().with_lease(lease.id)));
+                        if cluster::timed(put).await.is_ok() {
+                            reported = now;
+                        }
+                    }
+                }
             }
         }
     }

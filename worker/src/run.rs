@@ -12,7 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::engine::Evaluator;
-use crate::membership::{keep_member, EtcdMembership, Gate};
+use crate::membership::{keep_member, EtcdMembership, Gate, GroupReport};
 use crate::service::WorkerService;
 
 /// Largest message between coordinator and worker: a window's latent or a chunk's frames.
@@ -60,6 +60,10 @@ pub async fn run(
     });
     let service = WorkerService::new(evaluator.clone(), config.capacity.max(1), config.devices.clone());
     let description = service.description().clone();
+    let groups: GroupReport = {
+        let evaluator = evaluator.clone();
+        Arc::new(move || evaluator.shard_groups().unwrap_or_default())
+    };
     let (service, membership) = match &config.etcd {
         Some(settings) => {
             let client = patchwork_shared::cluster::connect(&settings.endpoints).await?;
@@ -71,7 +75,8 @@ pub async fn run(
                 generation: 0,
             };
             tracing::info!(%advertise, etcd = %settings.endpoints.join(","), name = %settings.name, "worker listening (cluster mode)");
-            let task = tokio::spawn(keep_member(client, settings.clone(), record, gate.clone(), shutdown.clone()));
+            let task =
+                tokio::spawn(keep_member(client, settings.clone(), record, gate.clone(), groups, shutdown.clone()));
             (service.with_gate(gate), task)
         }
         None => {
@@ -80,8 +85,6 @@ pub async fn run(
                 .connect_timeout(Duration::from_secs(5));
             let register = pb::RegisterRequest { address: advertise.clone(), description: Some(description) };
             tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
-            let evaluator = evaluator.clone();
-            let groups: GroupReport = Arc::new(move || evaluator.shard_groups().unwrap_or_default());
             (service, tokio::spawn(keep_registered(endpoint.connect_lazy(), register, groups, shutdown.clone())))
         }
     };
@@ -97,9 +100,6 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), membership).await;
     Ok(result?)
 }
-
-/// The shard groups' current health, sent with every heartbeat.
-type GroupReport = Arc<dyn Fn() -> Vec<pb::ShardGroup> + Send + Sync>;
 
 /// Registers, then heartbeats at the interval the coordinator asks for; registers again whenever the
 /// coordinator has forgotten this worker or cannot be reached.

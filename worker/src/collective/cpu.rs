@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use candle_core::{Result, Tensor};
 
-use super::{Collective, CollectiveStats};
+use super::{all_to_all_chunk, all_to_all_share, check_root, Collective, CollectiveStats};
 
 /// One rank's handle on an in-process group.
 #[derive(Debug)]
@@ -140,29 +140,17 @@ impl Collective for CpuCollective {
     }
 
     fn all_to_all(&self, x: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
-        let size = x.dim(split_dim)?;
-        if !size.is_multiple_of(self.world) {
-            candle_core::bail!(
-                "all-to-all: dimension {split_dim} of {:?} does not split into {}",
-                x.dims(),
-                self.world
-            );
-        }
+        let chunk = all_to_all_chunk(x, split_dim, self.world)?;
         if self.world == 1 {
             return Ok(x.clone());
         }
         let parts = self.exchange(x)?;
         self.same_shapes("all-to-all", &parts)?;
-        let chunk = size / self.world;
-        let mine: Vec<Tensor> =
-            parts.iter().map(|t| t.narrow(split_dim, self.rank * chunk, chunk)).collect::<Result<_>>()?;
-        Tensor::cat(&mine, concat_dim)
+        all_to_all_share(&parts, self.rank, chunk, split_dim, concat_dim)
     }
 
     fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.world {
-            candle_core::bail!("broadcast from rank {root} in a group of {}", self.world);
-        }
+        check_root(root, self.world)?;
         if self.world == 1 {
             return Ok(x.clone());
         }

@@ -66,6 +66,34 @@ impl CollectiveStats {
     }
 }
 
+/// The size of each of the `world` parts an all-to-all cuts `x` into along `dim`.
+pub(crate) fn all_to_all_chunk(x: &Tensor, dim: usize, world: usize) -> Result<usize> {
+    let size = x.dim(dim)?;
+    if !size.is_multiple_of(world) {
+        candle_core::bail!("all-to-all: dimension {dim} of {:?} does not split into {world}", x.dims());
+    }
+    Ok(size / world)
+}
+
+/// What `rank` receives in an all-to-all, given every rank's whole tensor in rank order.
+pub(crate) fn all_to_all_share(
+    parts: &[Tensor],
+    rank: usize,
+    chunk: usize,
+    split_dim: usize,
+    concat_dim: usize,
+) -> Result<Tensor> {
+    let mine: Vec<Tensor> = parts.iter().map(|t| t.narrow(split_dim, rank * chunk, chunk)).collect::<Result<_>>()?;
+    Tensor::cat(&mine, concat_dim)
+}
+
+pub(crate) fn check_root(root: usize, world: usize) -> Result<()> {
+    if root >= world {
+        candle_core::bail!("broadcast from rank {root} in a group of {world}");
+    }
+    Ok(())
+}
+
 /// The part of `0..total` that `rank` of `world` holds: contiguous, in rank order, sizes differing by at
 /// most one (the first `total % world` ranks hold one more).
 pub fn partition(total: usize, world: usize, rank: usize) -> Range<usize> {

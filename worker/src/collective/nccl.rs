@@ -16,7 +16,7 @@ use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::cuda_backend::CudaDType;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
-use super::{Collective, CollectiveStats};
+use super::{all_to_all_chunk, all_to_all_share, check_root, Collective, CollectiveStats};
 use crate::model::ModelError;
 
 /// What a rank thread needs to join its group.
@@ -84,6 +84,14 @@ impl NcclCollective {
         Ok(())
     }
 
+    /// Every rank's `x`, in rank order.
+    fn gather_parts(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut stacked = vec![self.world];
+        stacked.extend_from_slice(x.dims());
+        let stacked = self.run(x, Op::AllGather)?.reshape(stacked)?;
+        (0..self.world).map(|r| stacked.get(r)).collect()
+    }
+
     fn run(&self, x: &Tensor, op: Op) -> Result<Tensor> {
         self.check()?;
         x.contiguous()?.apply_op1_no_bwd(&NcclOp { comm: self.comm.clone(), op, world: self.world })
@@ -136,7 +144,10 @@ impl NcclOp {
 
 /// The element types NCCL reduces that the model uses.
 mod cudarc_types {
-    pub trait Nccl: candle_core::cuda_backend::cudarc::nccl::safe::NcclType {}
+    pub trait Nccl:
+        candle_core::cuda_backend::cudarc::nccl::safe::NcclType + candle_core::cuda_backend::cudarc::driver::DeviceRepr
+    {
+    }
     impl Nccl for f32 {}
     impl Nccl for half::bf16 {}
     impl Nccl for half::f16 {}
@@ -190,43 +201,21 @@ impl Collective for NcclCollective {
         if self.world == 1 {
             return Ok(x.clone());
         }
-        let flat = self.run(x, Op::AllGather)?;
-        let mut stacked = vec![self.world];
-        stacked.extend_from_slice(x.dims());
-        let stacked = flat.reshape(stacked)?;
-        let parts: Vec<Tensor> = (0..self.world).map(|r| stacked.get(r)).collect::<Result<_>>()?;
-        Tensor::cat(&parts, dim)
+        Tensor::cat(&self.gather_parts(x)?, dim)
     }
 
     /// Through an all-gather: correct, though it moves `world` times the data a true all-to-all would
     /// (the transformer does not use it).
     fn all_to_all(&self, x: &Tensor, split_dim: usize, concat_dim: usize) -> Result<Tensor> {
-        let size = x.dim(split_dim)?;
-        if !size.is_multiple_of(self.world) {
-            candle_core::bail!(
-                "all-to-all: dimension {split_dim} of {:?} does not split into {}",
-                x.dims(),
-                self.world
-            );
-        }
+        let chunk = all_to_all_chunk(x, split_dim, self.world)?;
         if self.world == 1 {
             return Ok(x.clone());
         }
-        let chunk = size / self.world;
-        let flat = self.run(x, Op::AllGather)?;
-        let mut stacked = vec![self.world];
-        stacked.extend_from_slice(x.dims());
-        let stacked = flat.reshape(stacked)?;
-        let mine: Vec<Tensor> = (0..self.world)
-            .map(|r| stacked.get(r)?.narrow(split_dim, self.rank * chunk, chunk))
-            .collect::<Result<_>>()?;
-        Tensor::cat(&mine, concat_dim)
+        all_to_all_share(&self.gather_parts(x)?, self.rank, chunk, split_dim, concat_dim)
     }
 
     fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.world {
-            candle_core::bail!("broadcast from rank {root} in a group of {}", self.world);
-        }
+        check_root(root, self.world)?;
         if self.world == 1 {
             return Ok(x.clone());
         }
