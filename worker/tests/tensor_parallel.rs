@@ -175,3 +175,15 @@ fn a_failed_rank_fails_its_group_and_the_reformed_group_works() {
     }
     assert!(group.bytes_all_reduced() > 0);
 }
+
+#[test]
+fn a_truncated_weights_file_is_named_when_sharded() {
+    let cfg = twelve_head_config();
+    let dir = tempfile::tempdir().unwrap();
+    write_component(&cfg, dir.path());
+    let file = dir.path().join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = run_transformer_sharded(dir.path(), &inputs(&cfg), DType::F32, &cpu_ranks(2)).unwrap_err().to_string();
+    assert!(err.contains("diffusion_pytorch_model.safetensors") && err.contains("truncated"), "{err}");
+}

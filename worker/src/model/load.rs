@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
@@ -103,14 +104,19 @@ impl ComponentDir {
 
     /// A `VarBuilder` over the memory-mapped weights, converting to `dtype` on load.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        Ok(VarBuilder::from_backend(Box::new(self.mapped()?), dtype, device.clone()))
+    }
+
+    /// The weight files, memory-mapped after a check that each is a whole safetensors file (a truncated
+    /// or foreign file is reported by name).
+    pub fn mapped(&self) -> Result<MmapedSafetensors> {
         let files = self.weight_files()?;
         for file in &files {
             check_safetensors_header(file)?;
         }
         // SAFETY: the files are memory-mapped read-only; patchwork never writes model files while serving.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(|e| ModelError::InvalidFile { path: self.path.clone(), msg: without_backtrace(e).to_string() })?;
-        Ok(vb)
+        unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| ModelError::InvalidFile { path: self.path.clone(), msg: without_backtrace(e).to_string() })
     }
 
     /// Wraps an error raised while building the model from this folder's weights (a missing tensor,

@@ -65,12 +65,8 @@ impl WanTransformer {
         let cfg: WanTransformerConfig = dir.config()?;
         cfg.validate()?;
         parallel::check_degree(&cfg, comm.world())?;
-        let files = dir.weight_files()?;
-        // SAFETY: the files are memory-mapped read-only; patchwork never writes model files while serving.
-        let mapped =
-            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| dir.weights_error(e))?;
         let vb = ShardedWeights::var_builder(
-            WeightSource::Safetensors(mapped),
+            WeightSource::Safetensors(dir.mapped()?),
             comm.rank(),
             comm.world(),
             parallel::split_rule(&cfg),
