@@ -45,6 +45,10 @@ enum Command {
     Status(ClientArgs),
     /// Download a finished job's MP4.
     Fetch(FetchArgs),
+    /// Measure a video against its prompt: colour, shape, direction, consistency (JSON).
+    Eval(Box<cli::eval::EvalArgs>),
+    /// Train the tiny model on procedural videos and write it as a diffusers pipeline folder.
+    Train(Box<cli::train::TrainArgs>),
     /// Work with a model directly, outside the farm.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -203,6 +207,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("wrote {} ({bytes} bytes)", args.output.display());
             Ok(())
         }
+        Command::Eval(args) => tokio::task::spawn_blocking(move || cli::eval::eval(*args)).await?,
+        Command::Train(args) => tokio::task::spawn_blocking(move || cli::train::train(*args)).await?,
         Command::Model(ModelCommand::Forward(args)) => tokio::task::spawn_blocking(move || model_forward(args)).await?,
     }
 }

@@ -92,7 +92,7 @@ fn a_degree_that_does_not_divide_the_heads_stops_the_worker() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("degree 3 does not divide the model's 2 attention heads"), "{stderr}");
+    assert!(stderr.contains("degree 3 does not divide the model's 4 attention heads"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_patchwork"))
         .args(["worker", "--listen", "127.0.0.1:0", "--devices", "cpu:4", "--tp", "3"])
         .output()

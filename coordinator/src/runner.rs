@@ -170,8 +170,8 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
     });
     let (fusion, mut latent) = {
         let plan = plan.clone();
-        let seed = spec.seed;
-        blocking(move || Ok((Arc::new(Fusion::new(&plan)), gaussian_noise(seed, shape.len())))).await?
+        let (seed, fusion) = (spec.seed, spec.fusion);
+        blocking(move || Ok((Arc::new(Fusion::with_mode(&plan, fusion)), gaussian_noise(seed, shape.len())))).await?
     };
     let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
     let mut first_step = 0;

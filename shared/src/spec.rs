@@ -6,6 +6,7 @@ use std::fmt;
 use crate::model::{ModelGeometry, DEFAULT_MODEL};
 use crate::pb;
 use crate::sampler::{SamplerKind, MAX_STEPS};
+use crate::windows::FusionMode;
 
 /// Longest prompt accepted, in bytes (the text encoder truncates far earlier; this bounds memory).
 pub const MAX_PROMPT_BYTES: usize = 4096;
@@ -70,6 +71,7 @@ pub struct JobSpec {
     pub overlap_frames: usize,
     pub model: String,
     pub priority: i32,
+    pub fusion: FusionMode,
 }
 
 impl JobSpec {
@@ -137,6 +139,11 @@ impl JobSpec {
             })?
         };
         let (window_frames, overlap_frames) = window(spec, model, frames)?;
+        let fusion = if spec.fusion.is_empty() {
+            FusionMode::Smooth
+        } else {
+            spec.fusion.parse().map_err(|e: String| FieldError::new("fusion", e))?
+        };
         for segment in &segments {
             if segment.start_frame >= frames {
                 return Err(FieldError::new(
@@ -161,6 +168,7 @@ impl JobSpec {
             overlap_frames,
             model: model.name.clone(),
             priority: spec.priority,
+            fusion,
         })
     }
 
@@ -302,6 +310,7 @@ impl From<&JobSpec> for pb::JobSpec {
             overlap_frames: Some(s.overlap_frames as u32),
             model: s.model.clone(),
             priority: s.priority,
+            fusion: s.fusion.to_string(),
         }
     }
 }

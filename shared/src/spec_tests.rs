@@ -23,6 +23,15 @@ fn defaults_come_from_the_model() {
 }
 
 #[test]
+fn fusion_defaults_to_smooth_and_an_unknown_one_names_the_field() {
+    assert_eq!(JobSpec::validate(&base(), &tiny(), 7).unwrap().fusion, FusionMode::Smooth);
+    let average = JobSpec::validate(&pb::JobSpec { fusion: "average".into(), ..base() }, &tiny(), 7).unwrap();
+    assert_eq!(average.fusion, FusionMode::Average);
+    assert_eq!(pb::JobSpec::from(&average).fusion, "average");
+    assert_eq!(field_of(pb::JobSpec { fusion: "hard".into(), ..base() }), "fusion");
+}
+
+#[test]
 fn default_overlap_is_a_quarter_of_the_window_in_whole_latent_frames() {
     for (window, overlap) in [(1, 0), (5, 4), (13, 4), (17, 4), (25, 8), (81, 20)] {
         let wire = pb::JobSpec { frames: Some(161), window_frames: Some(window), ..base() };

@@ -44,9 +44,6 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
         args.model.model.as_ref().map_or("embedded tiny".into(), |p| p.display().to_string())
     );
     let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-    if args.model.model.is_none() {
-        eprintln!("note: the embedded default is the tiny Wan2.1 config with seeded random weights (no trained model yet): expect patterned noise, not the prompt");
-    }
     let model_name = engine.geometry().name.clone();
     let worker_listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
     let worker_config = WorkerConfig {
@@ -67,6 +64,18 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
 
 async fn submit_and_fetch(address: &str, args: &RenderArgs, model_name: &str) -> anyhow::Result<()> {
     let mut client = connect(address).await?;
+    // The worker registers in the background; a job for its model is refused until it has.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?.into_inner();
+        if state.workers.iter().any(|w| w.model == model_name) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the in-process worker did not register within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let spec = args.spec.to_spec(model_name)?;
     let submitted = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec), request_id: String::new() })

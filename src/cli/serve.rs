@@ -137,7 +137,7 @@ impl ModelArgs {
         let dtype = parse_dtype(&self.dtype)?;
         let source = self.source();
         Engine::load_groups(&source, dtype, groups).with_context(|| match &source {
-            ModelSource::Tiny => "building the embedded tiny model".to_string(),
+            ModelSource::Tiny => "loading the embedded tiny model".to_string(),
             ModelSource::Dir { path, .. } => format!("loading the model in {}", path.display()),
         })
     }

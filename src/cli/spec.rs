@@ -48,6 +48,9 @@ pub struct SpecArgs {
     /// Higher runs first.
     #[arg(long, default_value_t = 0)]
     pub priority: i32,
+    /// How overlapping windows are joined: smooth (sin² weights) | average.
+    #[arg(long, default_value = "")]
+    pub fusion: String,
 }
 
 impl SpecArgs {
@@ -84,6 +87,7 @@ impl SpecArgs {
             overlap_frames: self.overlap,
             model: model.to_string(),
             priority: self.priority,
+            fusion: self.fusion.clone(),
         })
     }
 }

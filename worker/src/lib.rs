@@ -8,3 +8,4 @@ pub mod membership;
 pub mod model;
 pub mod run;
 pub mod service;
+pub mod train;

@@ -60,6 +60,10 @@ impl H264Encoder {
             .rate_control_mode(RateControlMode::Quality)
             // A skipped frame would leave the MP4 short of frames and shift every later one in time.
             .skip_frames(false)
+            // Background detection lets slowly moving objects freeze for a frame now and then (13 of
+            // 2,400 frame steps of slow procedural objects did), which reads as a stutter and as a
+            // jump in the evaluator's motion measurements.
+            .background_detection(false)
             .usage_type(UsageType::CameraVideoRealTime)
             .complexity(Complexity::High)
             // Below QP 10 bits go to detail no one sees; above 32 blocking shows on busy scenes.

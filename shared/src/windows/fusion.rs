@@ -19,6 +19,44 @@ pub enum FusionError {
     OutputLength { index: usize, expected: usize, got: usize },
 }
 
+/// How the windows' outputs are weighed where they overlap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FusionMode {
+    /// Each window's weight falls smoothly (sin²) toward an edge it shares with a neighbour, so the
+    /// hand-over is gradual and a window's edge, where it sees the least context, counts the least.
+    #[default]
+    Smooth,
+    /// Every window weighs the same everywhere: a plain average over each overlap.
+    Average,
+}
+
+impl FusionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smooth => "smooth",
+            Self::Average => "average",
+        }
+    }
+}
+
+impl std::fmt::Display for FusionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FusionMode {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "smooth" => Ok(Self::Smooth),
+            "average" => Ok(Self::Average),
+            _ => Err(format!("unknown fusion {name:?} (known: smooth, average)")),
+        }
+    }
+}
+
 /// Precomputed fusion weights for a plan: built once per job, used every step.
 #[derive(Debug, Clone)]
 pub struct Fusion {
@@ -34,9 +72,19 @@ impl Fusion {
     /// `plan` must cover the latent with boxes inside it, as every plan from `plan_windows` does; a position
     /// no window covers would fuse to NaN.
     pub fn new(plan: &WindowPlan) -> Self {
+        Self::with_mode(plan, FusionMode::Smooth)
+    }
+
+    /// Weights of the given mode for `plan`.
+    pub fn with_mode(plan: &WindowPlan, mode: FusionMode) -> Self {
         let shape = plan.shape;
         let boxes: Vec<WindowBox> = plan.windows.iter().map(|w| w.bbox).collect();
-        let weights: Vec<Vec<f32>> = (0..boxes.len()).map(|i| window_weights(&boxes, i)).collect();
+        let weights: Vec<Vec<f32>> = (0..boxes.len())
+            .map(|i| match mode {
+                FusionMode::Smooth => window_weights(&boxes, i),
+                FusionMode::Average => vec![1.0; boxes[i].area()],
+            })
+            .collect();
 
         let (height, width) = (shape.height, shape.width);
         let mut totals = vec![0.0f32; shape.frames * height * width];
@@ -270,6 +318,21 @@ mod tests {
         let r = axis_ramp(4, 4, 4);
         assert!(r.iter().all(|&x| x > 0.0 && x < 1.0), "{r:?}");
         assert_eq!(axis_ramp(3, 9, 0).len(), 3);
+    }
+
+    #[test]
+    fn average_mode_weighs_every_window_equally() {
+        let p = plan([2, 20, 4, 6], [8, 4, 6], [2, 0, 0]);
+        let fusion = Fusion::with_mode(&p, FusionMode::Average);
+        assert!((0..p.len()).all(|i| fusion.weights(i).iter().all(|&w| w == 1.0)));
+        // Frame 6 is in windows 0 and 1: the fused value is their mean.
+        let outputs: Vec<Vec<f32>> = (0..p.len()).map(|i| vec![i as f32 * 2.0; p.windows[i].bbox.area() * 2]).collect();
+        let refs: Vec<&[f32]> = outputs.iter().map(|o| o.as_slice()).collect();
+        let fused = fusion.fuse(&refs).unwrap();
+        let frame = |f: usize| fused[f * 4 * 6];
+        assert_eq!((frame(0), frame(6), frame(9), frame(12)), (0.0, 1.0, 2.0, 3.0));
+        assert_eq!("AVERAGE".parse::<FusionMode>().unwrap(), FusionMode::Average);
+        assert!("hard".parse::<FusionMode>().is_err());
     }
 
     #[test]

@@ -191,6 +191,29 @@ pub fn plan_windows(req: &PlanRequest) -> Result<WindowPlan, PlanError> {
     Ok(WindowPlan { shape: req.shape, windows })
 }
 
+/// The video frames where the temporal windows hand over: for every latent frame at which the set of
+/// windows covering it changes (a window begins or ends there), the first video frame decoded from it. A
+/// seam `s` lies between video frames `s − 1` and `s`; this is where an evaluation looks for jumps.
+pub fn temporal_seams(
+    g: &crate::model::ModelGeometry,
+    frames: usize,
+    window_frames: usize,
+    overlap_frames: usize,
+) -> Result<Vec<usize>, PlanError> {
+    let spans = plan_axis(
+        Axis::Frames,
+        g.latent_frames(frames),
+        g.latent_frames(window_frames),
+        overlap_frames / g.temporal_factor,
+        g.patch[0],
+    )?;
+    let len = g.latent_frames(frames);
+    let mut changes: Vec<usize> = spans.iter().flat_map(|s| [s.start, s.end]).filter(|&k| k > 0 && k < len).collect();
+    changes.sort_unstable();
+    changes.dedup();
+    Ok(changes.into_iter().map(|k| g.video_frames(k)).collect())
+}
+
 /// Spans along one axis: the fewest windows that overlap by at least `overlap`, spread evenly from 0 to
 /// `len - window` and snapped down to `align`. `axis` only names the axis in errors.
 ///
@@ -433,5 +456,24 @@ mod tests {
         assert_eq!(Span::new(3, 10).len(), 7);
         assert_eq!(Span::new(3, 10).overlap(&Span::new(8, 20)), 2);
         assert_eq!(Span::new(3, 10).overlap(&Span::new(10, 20)), 0);
+    }
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use super::*;
+    use crate::model::ModelGeometry;
+
+    #[test]
+    fn seams_are_where_windows_begin_and_end() {
+        let g = ModelGeometry::tiny();
+        // 77 frames = 20 latent frames; windows of 5 latent frames with no overlap: 0..5, 5..10, ...
+        assert_eq!(temporal_seams(&g, 77, 17, 0).unwrap(), vec![17, 37, 57]);
+        // Overlap of 2 latent frames: windows start every 3 (0, 3, ..., 15); each begins and ends inside.
+        let seams = temporal_seams(&g, 77, 17, 8).unwrap();
+        assert_eq!(seams.first(), Some(&9), "{seams:?}");
+        assert!(seams.windows(2).all(|w| w[0] < w[1]) && seams.iter().all(|&s| s > 0 && s < 77), "{seams:?}");
+        // One window: no seams.
+        assert!(temporal_seams(&g, 17, 17, 4).unwrap().is_empty());
     }
 }

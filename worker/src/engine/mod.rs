@@ -139,27 +139,25 @@ impl Engine {
     pub fn load_groups(source: &ModelSource, dtype: DType, groups: &[Vec<DeviceName>]) -> Result<Self, ModelError> {
         let first = groups.first().and_then(|g| g.first()).ok_or_else(|| ModelError::input("devices", "no devices"))?;
         let device = first.open()?;
-        let (geometry, cfg, loader, (vae, text), text_len) = match source {
-            ModelSource::Tiny => {
-                let cfg = tiny::transformer_config();
-                let parts = tiny::build_vae_and_text(dtype, &device)?;
-                (ModelGeometry::tiny(), cfg, tiny::shard_loader(dtype), parts, tiny::TINY_TEXT_LEN)
-            }
+        let (path, name) = match source {
+            ModelSource::Tiny => (tiny::folder()?, tiny::NAME.to_string()),
             ModelSource::Dir { path, name } => {
-                let pipeline = PipelineDir::open(path)?;
-                let dir = pipeline.component("transformer")?;
-                let cfg: WanTransformerConfig = dir.config()?;
-                cfg.validate()?;
-                let vae = WanVae::load(&pipeline.component("vae")?, dtype, &device)?;
-                let text = TextEncoder::load(&pipeline, dtype, &device)?;
                 let name = name.clone().unwrap_or_else(|| {
                     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
                 });
-                let loader: ShardLoader =
-                    Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
-                (geometry_for(&cfg, &name), cfg, loader, (vae, text), 512)
+                (path.clone(), name)
             }
         };
+        let pipeline = PipelineDir::open(&path)?;
+        let dir = pipeline.component("transformer")?;
+        let cfg: WanTransformerConfig = dir.config()?;
+        cfg.validate()?;
+        let vae = WanVae::load(&pipeline.component("vae")?, dtype, &device)?;
+        let text = TextEncoder::load(&pipeline, dtype, &device)?;
+        let loader: ShardLoader = Arc::new(move |device, comm| WanTransformer::load_shard(&dir, dtype, device, comm));
+        // The length the model was trained with (Wan2.1's tokenizer says 512, the pipeline's default).
+        let text_len = text.tokenizer().max_length().unwrap_or(512).min(512);
+        let geometry = geometry_for(&cfg, &name);
         let d_model = text.encoder().config().d_model;
         if d_model != cfg.text_dim {
             return Err(ModelError::input(

@@ -1,90 +1,104 @@
-//! The embedded default model: Wan2.1's architecture at a tiny size, its weights drawn from a fixed seed.
+//! The embedded default model: the project's tiny Wan2.1, trained on procedural videos by
+//! `patchwork train` (see `docs/quality.md`) and shipped in `models/tiny/` as a diffusers pipeline folder.
 //!
-//! Until the project's trained tiny model ships (issue 6), this is what `render` and a worker started
-//! without `--model` use: it exercises every part of the farm (text encoder, transformer, VAE, windows)
-//! in seconds on a CPU, but its videos are patterned noise, not pictures of the prompt.
+//! The folder's files are compiled into the binary, so `render` and a worker started without `--model`
+//! need nothing on disk. On first use they are written once to a folder named by their content hash
+//! under the system's temporary directory and loaded from there by the same loader as any Wan2.1
+//! folder.
 
-use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use crate::model::{ModelError, Result};
 
-use crate::group::ShardLoader;
-use crate::model::dit::{parallel, WanTransformer, WanTransformerConfig};
-use crate::model::random::RandomWeights;
-use crate::model::sharded::{ShardedWeights, WeightSource};
-use crate::model::t5::{TextEncoder, UMT5Config, UMT5Encoder};
-use crate::model::tokenizer::PromptTokenizer;
-use crate::model::vae::{VaeConfig, WanVae};
-use crate::model::Result;
+/// The name the embedded model is served under.
+pub const NAME: &str = patchwork_shared::model::DEFAULT_MODEL;
 
-/// The seed the embedded weights are drawn from; changing it changes every default video.
-pub const TINY_SEED: u64 = 0x7061_7463_6877_6f72;
-/// Text length the tiny model encodes prompts to.
-pub const TINY_TEXT_LEN: usize = 64;
+macro_rules! embedded {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_bytes!(concat!("../../../models/tiny/", $path)) as &[u8])),*]
+    };
+}
 
-/// The project's own small Unigram tokenizer (256 pieces), made by `tools/reference/make_fixtures.sh`.
-const TOKENIZER_JSON: &[u8] = include_bytes!("../../../fixtures/reference/pipeline/tokenizer/tokenizer.json");
+/// Every file of `models/tiny/`, by its path in the folder.
+pub const FILES: &[(&str, &[u8])] = embedded!(
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+);
 
-pub fn transformer_config() -> WanTransformerConfig {
-    WanTransformerConfig {
-        patch_size: [1, 2, 2],
-        num_attention_heads: 2,
-        attention_head_dim: 32,
-        in_channels: 16,
-        out_channels: Some(16),
-        text_dim: 32,
-        freq_dim: 32,
-        ffn_dim: 128,
-        num_layers: 2,
-        cross_attn_norm: true,
-        qk_norm: Some("rms_norm_across_heads".into()),
-        eps: 1e-6,
-        image_dim: None,
-        added_kv_proj_dim: None,
-        rope_max_seq_len: 1024,
+/// The embedded folder on disk, written there if it is not yet: `<tmp>/patchwork-tiny-<hash>`.
+pub fn folder() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("patchwork-tiny-{:016x}", content_hash()));
+    if dir.join("model_index.json").is_file() {
+        return Ok(dir);
     }
-}
-
-pub fn vae_config() -> VaeConfig {
-    VaeConfig { base_dim: 8, ..VaeConfig::wan2_1() }
-}
-
-pub fn text_encoder_config() -> UMT5Config {
-    UMT5Config {
-        vocab_size: 256,
-        d_model: 32,
-        d_kv: 8,
-        d_ff: 64,
-        num_layers: 2,
-        num_heads: 4,
-        relative_attention_num_buckets: 32,
-        relative_attention_max_distance: 128,
-        layer_norm_epsilon: 1e-6,
-        feed_forward_proj: "gated-gelu".into(),
+    // Written beside the final name and renamed into place, so that concurrent processes never see a
+    // half-written folder; whichever rename comes second finds the folder there and drops its copy.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let staging = dir.with_extension(format!("{}-{nanos}.partial", std::process::id()));
+    for (path, bytes) in FILES {
+        write(&staging.join(path), bytes)?;
     }
+    if let Err(e) = std::fs::rename(&staging, &dir) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !dir.join("model_index.json").is_file() {
+            return Err(ModelError::Io { path: dir, source: e });
+        }
+    }
+    Ok(dir)
 }
 
-/// Builds the text encoder and the VAE with seeded weights.
-pub fn build_vae_and_text(dtype: DType, device: &Device) -> Result<(WanVae, TextEncoder)> {
-    let vae = WanVae::new(vae_config(), RandomWeights::var_builder(TINY_SEED + 1, dtype, device))?;
-    let encoder = UMT5Encoder::new(&text_encoder_config(), RandomWeights::var_builder(TINY_SEED + 2, dtype, device))?;
-    let tokenizer = PromptTokenizer::from_json(TOKENIZER_JSON, "<embedded tiny tokenizer.json>")?;
-    Ok((vae, TextEncoder::new(tokenizer, encoder)))
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ModelError::Io { path: parent.to_path_buf(), source })?;
+    }
+    std::fs::write(path, bytes).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }
 
-/// Builds a rank's shard of the transformer with seeded weights: each rank draws the whole tensors and
-/// keeps its slices, so every degree computes the same model.
-pub fn shard_loader(dtype: DType) -> ShardLoader {
-    Arc::new(move |device, comm| {
-        let cfg = transformer_config();
-        let vb = ShardedWeights::var_builder(
-            WeightSource::Whole(Box::new(RandomWeights::new(TINY_SEED))),
-            comm.rank(),
-            comm.world(),
-            parallel::split_rule(&cfg),
-            dtype,
-            device,
-        );
-        WanTransformer::new_shard(&cfg, vb, comm)
-    })
+/// FNV-1a over every file's path and bytes.
+fn content_hash() -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (path, bytes) in FILES {
+        for b in path.bytes().chain([0]).chain(bytes.iter().copied()) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_folder_is_the_shipped_one() {
+        let dir = folder().unwrap();
+        for (path, bytes) in FILES {
+            assert_eq!(&std::fs::read(dir.join(path)).unwrap(), bytes, "{path}");
+        }
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
+        let mut on_disk: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(&shipped).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                for f in std::fs::read_dir(&p).unwrap() {
+                    on_disk.push(f.unwrap().path().strip_prefix(&shipped).unwrap().display().to_string());
+                }
+            } else {
+                on_disk.push(p.strip_prefix(&shipped).unwrap().display().to_string());
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = FILES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "models/tiny/ and the embedded file list differ");
+        assert_eq!(folder().unwrap(), dir);
+    }
 }

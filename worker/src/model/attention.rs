@@ -10,6 +10,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::cpu::attention::FusedCpuAttention;
+use super::cpu::{softmax_last, tracked};
 
 /// How large the score blocks may get. The fused CPU kernel holds one `q_tile × k_tile` f32 block per
 /// thread (16 MiB with the defaults); the op-based path (other devices) holds about four blocks for every
@@ -42,7 +43,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, tiling: Attenti
     let q = q.reshape((b * h, nq, d))?;
     let k = k.reshape((b * h, nk, d))?;
     let v = v.reshape((b * h, nk, d))?;
-    if q.device().is_cpu() && dtype.is_float() {
+    if q.device().is_cpu() && dtype.is_float() && !tracked(&[&q, &k, &v]) {
         // The fused kernel computes in f32; reduced-precision inputs are widened (the reference computes
         // scores and softmax in f32 too).
         let f32 = |t: Tensor| t.to_dtype(DType::F32)?.contiguous();
@@ -80,7 +81,7 @@ fn scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
 
 /// All keys in one tile: an exact softmax, then one matmul with the values.
 fn single_tile(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let p = candle_nn::ops::softmax_last_dim(&scores(q, k, scale)?)?;
+    let p = softmax_last(&scores(q, k, scale)?)?;
     p.to_dtype(v.dtype())?.matmul(v)
 }
 

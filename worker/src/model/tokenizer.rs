@@ -57,6 +57,8 @@ pub struct PromptTokenizer {
     pad_token: String,
     /// Tokens the post-processor adds to one sequence (`</s>`): truncation leaves room for them.
     added_tokens: usize,
+    /// `model_max_length` from `tokenizer_config.json`: the text length the model was trained with.
+    max_length: Option<usize>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -76,8 +78,15 @@ impl PromptTokenizer {
         }
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
-        let configured = configured_pad_token(dir.as_ref())?;
-        Self::from_tokenizer(tokenizer, path, configured)
+        let config = tokenizer_config(dir.as_ref())?;
+        let mut loaded = Self::from_tokenizer(tokenizer, path, configured_pad_token(&config))?;
+        loaded.max_length = config
+            .as_ref()
+            .and_then(|c| c.get("model_max_length"))
+            .and_then(|v| v.as_u64())
+            .filter(|&n| n > 0 && n <= 1 << 20)
+            .map(|n| n as usize);
+        Ok(loaded)
     }
 
     /// A tokenizer from the bytes of a `tokenizer.json` (an embedded model's); `label` names it in errors.
@@ -104,7 +113,7 @@ impl PromptTokenizer {
         tokenizer
             .with_truncation(None)
             .map_err(|e| ModelError::Tokenizer { path: path.clone(), msg: e.to_string() })?;
-        Ok(PromptTokenizer { tokenizer, path, pad_id, pad_token, added_tokens })
+        Ok(PromptTokenizer { tokenizer, path, pad_id, pad_token, added_tokens, max_length: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -113,6 +122,11 @@ impl PromptTokenizer {
 
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    /// The text length named by `tokenizer_config.json` (`model_max_length`), if any.
+    pub fn max_length(&self) -> Option<usize> {
+        self.max_length
     }
 
     /// Tokenizes prompts exactly as `WanPipeline._get_t5_prompt_embeds` does: each prompt is cleaned
@@ -157,17 +171,20 @@ impl PromptTokenizer {
     }
 }
 
-/// The pad token named by `tokenizer_config.json` next to `tokenizer.json`, if the file exists and
-/// names one (as a string or as an added-token object with `content`).
-fn configured_pad_token(dir: &Path) -> Result<Option<String>> {
+/// `tokenizer_config.json` next to `tokenizer.json`, if there is one.
+fn tokenizer_config(dir: &Path) -> Result<Option<serde_json::Value>> {
     let path = dir.join("tokenizer_config.json");
     if !path.is_file() {
         return Ok(None);
     }
-    let config: serde_json::Value = super::load::read_json(&path)?;
-    Ok(match config.get("pad_token") {
-        Some(serde_json::Value::String(token)) => Some(token.clone()),
-        Some(serde_json::Value::Object(token)) => token.get("content").and_then(|c| c.as_str()).map(str::to_string),
+    super::load::read_json(&path).map(Some)
+}
+
+/// The pad token the config names (as a string or as an added-token object with `content`).
+fn configured_pad_token(config: &Option<serde_json::Value>) -> Option<String> {
+    match config.as_ref()?.get("pad_token")? {
+        serde_json::Value::String(token) => Some(token.clone()),
+        serde_json::Value::Object(token) => token.get("content").and_then(|c| c.as_str()).map(str::to_string),
         _ => None,
-    })
+    }
 }

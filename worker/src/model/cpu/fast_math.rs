@@ -1,7 +1,7 @@
 //! Vectorisable f32 math for the CPU kernels: libm's `expf` and `tanhf` are scalar calls that keep the
 //! loops around them from vectorising, and in attention and GELU they are a large share of the time.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// The row's maximum (the scores hold no NaN). Sixteen running maxima with a plain comparison, which
@@ -148,6 +148,39 @@ impl CustomOp1 for FastGeluTanh {
         out.par_chunks_mut(16 * 1024).zip(input.par_chunks(16 * 1024)).for_each(|(o, i)| gelu_slice(i, o));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+
+    /// `grad · gelu'(x)`, with the derivative from the same fast `tanh` (training's feed-forward).
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let slope = arg.contiguous()?.apply_op1_no_bwd(&FastGeluTanhSlope)?;
+        Ok(Some(grad_res.mul(&slope)?))
+    }
+}
+
+/// The derivative of [`FastGeluTanh`]: `0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)` with
+/// `t = tanh(√(2/π)·(x + 0.044715·x³))`.
+struct FastGeluTanhSlope;
+
+impl CustomOp1 for FastGeluTanhSlope {
+    fn name(&self) -> &'static str {
+        "fast-gelu-tanh-slope"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("fast gelu slope takes contiguous f32");
+        };
+        let input = &data[start..end];
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(16 * 1024).zip(input.par_chunks(16 * 1024)).for_each(|(o, i)| {
+            for (o, &x) in o.iter_mut().zip(i) {
+                let y = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+                let t = 1.0 - 2.0 / (fast_exp(2.0 * y) + 1.0);
+                *o = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
 }
 
 fn gelu_slice(input: &[f32], out: &mut [f32]) {
@@ -186,7 +219,12 @@ fn gelu_generic(input: &[f32], out: &mut [f32]) {
 /// GELU (tanh approximation) of any tensor: the fast kernel for f32 on CPU, candle's op elsewhere.
 pub fn gelu_tanh(x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        x.contiguous()?.apply_op1_no_bwd(&FastGeluTanh)
+        // With a backward pass only when one is wanted (recording the op costs a little).
+        if x.track_op() {
+            x.contiguous()?.apply_op1(FastGeluTanh)
+        } else {
+            x.contiguous()?.apply_op1_no_bwd(&FastGeluTanh)
+        }
     } else {
         x.gelu()
     }
@@ -196,6 +234,17 @@ pub fn gelu_tanh(x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn gelu_gradient_matches_candles() {
+        let dev = Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, 4096, &dev).unwrap()).unwrap();
+        let ours = gelu_tanh(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = x.as_tensor().gelu().unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (ours.get(&x).unwrap(), theirs.get(&x).unwrap());
+        let err = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-4, "max difference {err}");
+    }
 
     #[test]
     fn fast_exp_is_accurate_over_the_softmax_range() {

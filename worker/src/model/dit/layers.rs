@@ -5,6 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::cpu::linear::FusedLinear;
+use crate::model::cpu::tracked;
 
 /// `y = x·Wᵀ + b` over the last dimension. Leading dimensions are folded into one so that the product is
 /// a single large matmul rather than a batch of small ones.
@@ -38,7 +39,9 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.bias {
-            Some(b) if x.device().is_cpu() && x.dtype() == DType::F32 && rows > 0 => {
+            Some(b)
+                if x.device().is_cpu() && x.dtype() == DType::F32 && rows > 0 && !tracked(&[x, &self.weight, b]) =>
+            {
                 x2.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &b.contiguous()?, &FusedLinear)?
             }
             Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
@@ -79,7 +82,12 @@ impl F32LayerNorm {
 
 impl Module for F32LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?, &self.weight, &self.bias, self.eps)
+        let x = x.to_dtype(DType::F32)?;
+        if tracked(&[&x, &self.weight, &self.bias]) {
+            candle_nn::ops::layer_norm_slow(&x, &self.weight, &self.bias, self.eps)
+        } else {
+            candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
+        }
     }
 }
 

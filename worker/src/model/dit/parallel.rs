@@ -118,7 +118,12 @@ impl ShardedRmsNorm {
 impl Module for ShardedRmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.comm.world() == 1 {
-            return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
+            let x = x.contiguous()?;
+            return if crate::model::cpu::tracked(&[&x, &self.weight]) {
+                candle_nn::ops::rms_norm_slow(&x, &self.weight, self.eps as f32)
+            } else {
+                candle_nn::ops::rms_norm(&x, &self.weight, self.eps as f32)
+            };
         }
         let xf = x.to_dtype(DType::F32)?;
         let squares = self.comm.all_reduce_sum(&xf.sqr()?.sum_keepdim(D::Minus1)?)?;

@@ -46,7 +46,12 @@ pub fn rope_tables(split: [usize; 3], grid: [usize; 3], theta: f64, device: &Dev
 pub fn apply_rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::rotary_emb::rope_i(&x32, &tables.cos, &tables.sin)?.to_dtype(dtype)
+    // The fused kernel has no backward pass; training takes the composition of ops.
+    if x32.track_op() {
+        candle_nn::rotary_emb::rope_i_slow(&x32, &tables.cos, &tables.sin)?.to_dtype(dtype)
+    } else {
+        candle_nn::rotary_emb::rope_i(&x32, &tables.cos, &tables.sin)?.to_dtype(dtype)
+    }
 }
 
 #[cfg(test)]

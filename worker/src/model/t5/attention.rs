@@ -54,7 +54,7 @@ impl SelfAttention {
         let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let probs = crate::model::cpu::softmax_last(&scores)?.to_dtype(dtype)?;
         // [B, heads, L, d_kv] -> [B, L, heads * d_kv]
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.num_heads * self.d_kv))?;
         self.o.forward(&out)

@@ -8,7 +8,7 @@ use crate::model::error::{ModelError, Result};
 /// `num_decoder_layers`, `dense_act_fn`, …) are ignored; missing keys take transformers' defaults, which
 /// are those of `google/umt5-small`. `dense_act_fn` and `is_gated_act` are ignored on purpose:
 /// transformers recomputes both from `feed_forward_proj` when it loads a config, and so do we.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct UMT5Config {
     pub vocab_size: usize,

@@ -11,7 +11,7 @@ use crate::model::error::{ModelError, Result};
 /// `AutoencoderKLWan`'s config. Field names (typos included: `temperal_downsample`) are diffusers'; keys
 /// this struct does not know (`_class_name`, `scale_factor_*`, ...) are ignored. Missing keys take
 /// diffusers' defaults, which are the Wan2.1 values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct VaeConfig {
     /// Channels of the first encoder level; every level is `base_dim * dim_mult[i]`.
     #[serde(default = "default_base_dim")]

@@ -22,6 +22,7 @@ mod resample;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod train_conv;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -114,6 +115,13 @@ impl WanVae {
     /// Encodes video `[B, in_channels, 1 + 4k, H, W]` (values in `[-1, 1]`) to the latent
     /// distribution's mode, the raw latent mean `[B, z_dim, 1 + k, H/8, W/8]`.
     pub fn encode(&self, sample: &Tensor) -> Result<Tensor> {
+        // The first z_dim channels are the mean, the rest the log-variance.
+        Ok(self.encode_moments(sample)?.narrow(1, 0, self.cfg.z_dim)?)
+    }
+
+    /// The latent distribution of video `[B, in_channels, 1 + 4k, H, W]`: `[B, 2·z_dim, 1 + k, H/8, W/8]`,
+    /// the mean's channels then the log-variance's (what training samples from).
+    pub fn encode_moments(&self, sample: &Tensor) -> Result<Tensor> {
         let (_, c, t, h, w) = sample.dims5().map_err(|_| {
             ModelError::input("sample", format!("expected [B, C, T, H, W], got shape {:?}", sample.dims()))
         })?;
@@ -133,9 +141,7 @@ impl WanVae {
         for start in (1..t).step_by(ENCODE_CHUNK) {
             chunks.push(self.encoder.forward(&x.narrow(2, start, ENCODE_CHUNK)?, &mut cache)?);
         }
-        let moments = self.quant_conv.forward(None, &Tensor::cat(&chunks, 2)?)?;
-        // The first z_dim channels are the mean, the rest the log-variance.
-        Ok(moments.narrow(1, 0, self.cfg.z_dim)?)
+        Ok(self.quant_conv.forward(None, &Tensor::cat(&chunks, 2)?)?)
     }
 
     /// Raw latents to the transformer's scale: `(raw - mean) * (1 / std)`, per channel.

@@ -17,9 +17,10 @@ const EPS: f64 = 1e-12;
 
 #[derive(Debug, Clone)]
 pub(crate) struct RmsNorm {
-    /// `gamma * sqrt(C)` as `[1, C, 1]`, for the generic path.
-    gain: Tensor,
-    /// The same on the host, for the CPU kernel (when the weights are f32 on the CPU).
+    /// `gamma` as `[1, C, 1]` (a view of the weight, so that training updates reach it).
+    gamma: Tensor,
+    /// `gamma * sqrt(C)` on the host, for the CPU kernel (when the weights are f32 on the CPU and are
+    /// not being trained).
     gain_host: Option<Vec<f32>>,
 }
 
@@ -28,13 +29,13 @@ impl RmsNorm {
     /// per-frame norm in attention.
     pub fn load(vb: &VarBuilder, dim: usize, images: bool) -> Result<Self> {
         let gamma = if images { vb.get((dim, 1, 1), "gamma")? } else { vb.get((dim, 1, 1, 1), "gamma")? };
-        let gain = (gamma.reshape((1, dim, 1))? * (dim as f64).sqrt())?;
-        let gain_host = if gain.device().is_cpu() && gain.dtype() == DType::F32 {
-            Some(gain.flatten_all()?.to_vec1::<f32>()?)
+        let gamma = gamma.reshape((1, dim, 1))?;
+        let gain_host = if gamma.device().is_cpu() && gamma.dtype() == DType::F32 && !gamma.track_op() {
+            Some((&gamma * (dim as f64).sqrt())?.flatten_all()?.to_vec1::<f32>()?)
         } else {
             None
         };
-        Ok(RmsNorm { gain, gain_host })
+        Ok(RmsNorm { gamma, gain_host })
     }
 
     /// Normalises `x [B, C, ...]` over dim 1.
@@ -53,13 +54,14 @@ impl RmsNorm {
         let s: usize = dims[2..].iter().product();
         let x3 = x.reshape((b, c, s))?; // [B, C, rest...] -> [B, C, S]
         let y = match &self.gain_host {
-            Some(gain) if x.device().is_cpu() && x.dtype() == DType::F32 => cpu_norm(&x3, gain, silu)?,
+            Some(gain) if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() => cpu_norm(&x3, gain, silu)?,
             _ => {
                 let dtype = x.dtype();
                 // The reference normalises half-precision inputs in f32.
                 let xf = x3.to_dtype(DType::F32)?;
                 let norm = xf.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(EPS)?;
-                let y = xf.broadcast_div(&norm)?.broadcast_mul(&self.gain.to_dtype(DType::F32)?)?;
+                let gain = (self.gamma.to_dtype(DType::F32)? * (c as f64).sqrt())?;
+                let y = xf.broadcast_div(&norm)?.broadcast_mul(&gain)?;
                 let y = if silu { candle_nn::ops::silu(&y)? } else { y };
                 y.to_dtype(dtype)?
             }

@@ -27,8 +27,8 @@ impl<'a> VaeDecodeStream<'a> {
     }
 
     /// Decodes the next raw latent frame `[B, z_dim, 1, h, w]` (or `[B, z_dim, h, w]`) into pixel
-    /// frames `[B, 3, n, 8h, 8w]` clamped to `[-1, 1]`: `n = 1` for the first latent frame, 4 (the
-    /// temporal factor) for every later one.
+    /// frames `[B, 3, n, 8h, 8w]` clamped to `[-1, 1]` (unless the weights are being trained): `n = 1`
+    /// for the first latent frame, 4 (the temporal factor) for every later one.
     pub fn push(&mut self, latent_frame: &Tensor) -> Result<Tensor> {
         let cfg = self.vae.config();
         let frame = match latent_frame.rank() {
@@ -59,6 +59,11 @@ impl<'a> VaeDecodeStream<'a> {
         let x = self.vae.post_quant_conv.forward(None, &x)?;
         let out = self.vae.decoder.forward(&x, &mut self.cache)?;
         self.frames_in += 1;
+        // While the VAE is trained its output is left unclamped: a clamped pixel has no gradient, and an
+        // untrained decoder overshoots [-1, 1] often enough to stall.
+        if out.track_op() {
+            return Ok(out);
+        }
         Ok(out.clamp(-1f32, 1f32)?)
     }
 

@@ -1,0 +1,259 @@
+//! Quality benchmark of the embedded tiny model: does the farm's video show what the prompt says, and do
+//! long videos stay consistent where the windows join?
+//!
+//!   quality [--prompts 50] [--frames 77] [--steps N] [--keep DIR]
+//!
+//! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
+//! never saw), one to two objects, plain or two-tone backgrounds. Every prompt is rendered through an
+//! in-process farm (coordinator and one worker on loopback, the embedded model, as `patchwork render`
+//! does) four ways:
+//! - one native window (17 frames): the model alone;
+//! - `--frames` long with windows of 17 frames overlapping by 8, joined by the smooth (sin²) weights;
+//! - the same joined by a plain average over each overlap;
+//! - the same with no overlap at all (windows side by side).
+//!
+//! Each MP4 is decoded and measured by `patchwork eval`'s evaluator: colour and shape of every object the
+//! prompt names over the whole video, direction over the first 17 frames (captions name the starting
+//! direction; objects bounce off the edges later), and the main object's frame-to-frame movement at the
+//! seams (where a window begins or ends) against its median movement elsewhere. Prints a markdown table.
+//! `tools/bench/quality.sh` builds and runs it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use patchwork_coordinator::CoordinatorConfig;
+use patchwork_scenes::eval::{evaluate, Report};
+use patchwork_scenes::{SceneSampler, Video};
+use patchwork_shared::model::ModelGeometry;
+use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
+use patchwork_shared::windows::temporal_seams;
+use patchwork_worker::engine::{Engine, Evaluator, ModelSource};
+use patchwork_worker::run::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Scene seeds of the prompts: far from the training run's streams, which hash the run seed.
+const PROMPT_SEED: u64 = 0x5155_414c_4954_5900;
+const WINDOW: u32 = 17;
+const OVERLAP: u32 = 8;
+
+struct Options {
+    prompts: usize,
+    frames: u32,
+    steps: Option<u32>,
+    keep: Option<PathBuf>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options { prompts: 50, frames: 77, steps: None, keep: None };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--prompts" => o.prompts = value()?.parse()?,
+            "--frames" => o.frames = value()?.parse()?,
+            "--steps" => o.steps = Some(value()?.parse()?),
+            "--keep" => o.keep = Some(PathBuf::from(value()?)),
+            // cargo bench passes --bench to every harness-less target.
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// One way of rendering a prompt.
+struct Mode {
+    name: &'static str,
+    frames: u32,
+    overlap: u32,
+    fusion: &'static str,
+}
+
+/// What one video scored.
+#[derive(Default)]
+struct Score {
+    objects: usize,
+    colour: usize,
+    shape: usize,
+    direction: usize,
+    seam_ratio: Option<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(o))
+}
+
+async fn run(o: Options) -> anyhow::Result<()> {
+    let modes = [
+        Mode { name: "one window (17 frames)", frames: WINDOW, overlap: 0, fusion: "smooth" },
+        Mode { name: "smooth fusion", frames: o.frames, overlap: OVERLAP, fusion: "smooth" },
+        Mode { name: "plain average", frames: o.frames, overlap: OVERLAP, fusion: "average" },
+        Mode { name: "no overlap", frames: o.frames, overlap: 0, fusion: "smooth" },
+    ];
+    let sampler = SceneSampler::new(64, 64);
+    let prompts: Vec<String> = (0..o.prompts as u64).map(|i| sampler.sample(PROMPT_SEED + i).caption()).collect();
+    if let Some(dir) = &o.keep {
+        std::fs::create_dir_all(dir)?;
+    }
+    let (mut client, shutdown, tasks, _data) = start_farm().await?;
+    let g = ModelGeometry::tiny();
+    let started = Instant::now();
+    let mut table = Vec::new();
+    for (m, mode) in modes.iter().enumerate() {
+        let seams = temporal_seams(&g, mode.frames as usize, WINDOW as usize, mode.overlap as usize)?;
+        let mut scores = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let spec = pb::JobSpec {
+                prompt: prompt.clone(),
+                frames: Some(mode.frames),
+                window_frames: Some(WINDOW),
+                overlap_frames: Some(mode.overlap),
+                fusion: mode.fusion.into(),
+                steps: o.steps,
+                seed: Some(i as u64),
+                ..Default::default()
+            };
+            let bytes = render(&mut client, spec).await.with_context(|| format!("{}: {prompt:?}", mode.name))?;
+            if let Some(dir) = &o.keep {
+                std::fs::write(dir.join(format!("{m}-{i:02}.mp4")), &bytes)?;
+            }
+            let video = patchwork_scenes::mp4::decode_mp4(&bytes)?;
+            let whole = evaluate(&video, prompt, (!seams.is_empty()).then_some(seams.as_slice()));
+            let start = evaluate(&first_frames(&video, WINDOW as usize), prompt, None);
+            scores.push(score(&whole, &start));
+        }
+        eprintln!("{}: {} videos in {:.0} s", mode.name, scores.len(), started.elapsed().as_secs_f64());
+        table.push((mode, seams.len(), scores));
+    }
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+
+    println!("| joining | frames | seams | colour right | shape right | direction right | seam / median movement (median) | videos with seam ≤ 1.5× median |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (mode, seams, scores) in &table {
+        let objects: usize = scores.iter().map(|s| s.objects).sum();
+        let pct = |n: usize| format!("{:.0}%", 100.0 * n as f64 / objects.max(1) as f64);
+        let mut ratios: Vec<f64> = scores.iter().filter_map(|s| s.seam_ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        let (median, within) = if ratios.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let ok = ratios.iter().filter(|&&r| r <= 1.5).count();
+            (format!("{:.2}", ratios[ratios.len() / 2]), format!("{ok}/{}", ratios.len()))
+        };
+        println!(
+            "| {} | {} | {seams} | {} | {} | {} | {median} | {within} |",
+            mode.name,
+            mode.frames,
+            pct(scores.iter().map(|s| s.colour).sum()),
+            pct(scores.iter().map(|s| s.shape).sum()),
+            pct(scores.iter().map(|s| s.direction).sum()),
+        );
+    }
+    println!(
+        "\n{} prompts ({objects} objects), {:.0} s in all",
+        o.prompts,
+        started.elapsed().as_secs_f64(),
+        objects = table[0].2.iter().map(|s| s.objects).sum::<usize>()
+    );
+    Ok(())
+}
+
+fn score(whole: &Report, start: &Report) -> Score {
+    let count = |r: &Report, f: fn(&patchwork_scenes::eval::ObjectReport) -> Option<bool>| {
+        r.objects.iter().filter(|o| f(o) == Some(true)).count()
+    };
+    Score {
+        objects: whole.objects.len(),
+        colour: count(whole, |o| o.colour_ok),
+        shape: count(whole, |o| o.shape_ok),
+        direction: count(start, |o| o.direction_ok),
+        seam_ratio: whole.seams.as_ref().and_then(|s| s.position_px.as_ref()).map(|c| c.ratio),
+    }
+}
+
+/// The first `n` frames of a video.
+fn first_frames(video: &Video, n: usize) -> Video {
+    let n = n.min(video.frames);
+    Video { frames: n, height: video.height, width: video.width, data: video.data[..n * video.frame_len()].to_vec() }
+}
+
+type Farm = (RenderServiceClient<Channel>, CancellationToken, Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir);
+
+/// A coordinator and one worker with the embedded model, on loopback; returns once the worker has
+/// registered.
+async fn start_farm() -> anyhow::Result<Farm> {
+    let shutdown = CancellationToken::new();
+    let data = tempfile::tempdir()?;
+    let config = CoordinatorConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let mut tasks = Vec::new();
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = patchwork_coordinator::run(config, listener, stop).await {
+            eprintln!("coordinator: {e}");
+        }
+    }));
+    let engine: Arc<dyn Evaluator> = Arc::new(
+        tokio::task::spawn_blocking(|| {
+            Engine::load(&ModelSource::Tiny, candle_core::DType::F32, &candle_core::Device::Cpu)
+        })
+        .await??,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = WorkerConfig {
+        coordinator: address.clone(),
+        etcd: None,
+        advertise: None,
+        capacity: 1,
+        devices: vec!["cpu".into()],
+    };
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = patchwork_worker::run::run(config, engine, listener, stop).await {
+            eprintln!("worker: {e}");
+        }
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(address)?.connect().await?;
+    let mut client = RenderServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get_cluster_state(pb::GetClusterStateRequest {}).await?.into_inner().workers.is_empty() {
+        if Instant::now() > deadline {
+            bail!("the worker did not register in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((client, shutdown, tasks, data))
+}
+
+/// Submits a job, waits for it and returns its MP4.
+async fn render(client: &mut RenderServiceClient<Channel>, spec: pb::JobSpec) -> anyhow::Result<Vec<u8>> {
+    let job = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(spec), request_id: String::new() })
+        .await?
+        .into_inner()
+        .job
+        .context("no job")?;
+    let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job.id.clone() }).await?.into_inner();
+    while let Some(snapshot) = stream.message().await? {
+        match pb::JobState::try_from(snapshot.state) {
+            Ok(pb::JobState::Done) => break,
+            Ok(pb::JobState::Failed | pb::JobState::Cancelled) => bail!("job {} ended: {}", job.id, snapshot.error),
+            _ => {}
+        }
+    }
+    let mut chunks = client.fetch_video(pb::FetchVideoRequest { job_id: job.id }).await?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.message().await? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}

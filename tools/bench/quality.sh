@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Quality of the embedded tiny model through the farm: 50 procedural prompts, each rendered as one native
+# window and as a 77-frame video (20 latent frames) joined three ways (smooth sin² fusion, plain average,
+# no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints a markdown table
+# (progress on stderr). About 15 minutes on 2 cores.
+#
+#   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--keep DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+cargo bench --bench quality --no-run --quiet 2>/dev/null || cargo bench --bench quality --no-run
+bench=$(ls -t target/release/deps/quality-* | grep -v '\.d$' | head -1)
+"$bench" "$@" 2> >(grep -v '^\[OpenH264\]' >&2)
+echo "$(nproc) cores, $(date -u +%F)"

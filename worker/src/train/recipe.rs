@@ -1,0 +1,157 @@
+//! What a training run makes and how: the model sizes, the steps and the learning rates. A run's work
+//! folder records its recipe, and a resumed run must use the same one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::dit::WanTransformerConfig;
+use crate::model::t5::UMT5Config;
+use crate::model::vae::VaeConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub seed: u64,
+    /// The clips' frame size and the transformer's native window (1 + 4k frames).
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub vae: VaeRecipe,
+    pub dit: DitRecipe,
+    pub text: TextRecipe,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeRecipe {
+    pub base_dim: usize,
+    pub steps: usize,
+    pub batch: usize,
+    /// Frames per training clip: 1 + 4k with k ≥ 2, so that the first frame's path, a chunk after it
+    /// and a chunk after a chunk (what every later chunk of a long video sees) are all trained.
+    pub frames: usize,
+    pub lr: f64,
+    /// Side of the square crops trained on (a multiple of 8, at most the frame size).
+    pub crop: usize,
+    /// Weight of the latent's L2 penalty (half its mean square) against the reconstruction loss.
+    pub latent_penalty: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DitRecipe {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub layers: usize,
+    pub ffn_dim: usize,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Clips encoded once by the trained VAE and then sampled from.
+    pub clips: usize,
+    /// The share of captions replaced by the empty prompt, so that classifier-free guidance has an
+    /// unconditional model to push away from.
+    pub caption_dropout: f64,
+    /// Noise levels are drawn as `shift·u / (1 + (shift − 1)·u)` for uniform `u`: the distribution the
+    /// sampler's shifted schedule visits.
+    pub shift: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextRecipe {
+    pub d_model: usize,
+    pub heads: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub layers: usize,
+    /// Tokens per prompt, `</s>` included (the tokenizer's `model_max_length`).
+    pub text_len: usize,
+}
+
+impl Default for Recipe {
+    /// The shipped model's recipe (`models/tiny/`).
+    fn default() -> Self {
+        Recipe {
+            seed: 2026,
+            width: 64,
+            height: 64,
+            frames: 17,
+            vae: VaeRecipe { base_dim: 8, steps: 1200, batch: 3, frames: 9, lr: 2e-3, crop: 32, latent_penalty: 1e-4 },
+            dit: DitRecipe {
+                heads: 4,
+                head_dim: 32,
+                layers: 4,
+                ffn_dim: 512,
+                steps: 2000,
+                batch: 16,
+                lr: 1e-3,
+                clips: 3000,
+                caption_dropout: 0.1,
+                shift: 3.0,
+            },
+            text: TextRecipe { d_model: 64, heads: 4, d_kv: 16, d_ff: 128, layers: 2, text_len: 32 },
+        }
+    }
+}
+
+impl Recipe {
+    pub fn vae_config(&self) -> VaeConfig {
+        VaeConfig { base_dim: self.vae.base_dim, ..VaeConfig::wan2_1() }
+    }
+
+    pub fn transformer_config(&self) -> WanTransformerConfig {
+        WanTransformerConfig {
+            patch_size: [1, 2, 2],
+            num_attention_heads: self.dit.heads,
+            attention_head_dim: self.dit.head_dim,
+            in_channels: 16,
+            out_channels: Some(16),
+            text_dim: self.text.d_model,
+            freq_dim: 64,
+            ffn_dim: self.dit.ffn_dim,
+            num_layers: self.dit.layers,
+            cross_attn_norm: true,
+            qk_norm: Some("rms_norm_across_heads".into()),
+            eps: 1e-6,
+            image_dim: None,
+            added_kv_proj_dim: None,
+            rope_max_seq_len: 1024,
+        }
+    }
+
+    pub fn text_encoder_config(&self, vocab_size: usize) -> UMT5Config {
+        UMT5Config {
+            vocab_size,
+            d_model: self.text.d_model,
+            d_kv: self.text.d_kv,
+            d_ff: self.text.d_ff,
+            num_layers: self.text.layers,
+            num_heads: self.text.heads,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "gated-gelu".into(),
+        }
+    }
+
+    /// Checks what would otherwise fail deep inside a phase.
+    pub fn validate(&self) -> Result<(), String> {
+        let multiple = |v: usize, m: usize| v > 0 && v.is_multiple_of(m);
+        if !multiple(self.width, 16) || !multiple(self.height, 16) {
+            return Err(format!("width and height must be multiples of 16, got {}x{}", self.width, self.height));
+        }
+        for (name, frames) in [("frames", self.frames), ("vae.frames", self.vae.frames)] {
+            if frames == 0 || !(frames - 1).is_multiple_of(4) {
+                return Err(format!("{name} must be 1 + a multiple of 4, got {frames}"));
+            }
+        }
+        if self.vae.crop == 0 || !self.vae.crop.is_multiple_of(8) {
+            return Err(format!("vae.crop must be a positive multiple of 8, got {}", self.vae.crop));
+        }
+        if self.vae.batch == 0 || self.dit.batch == 0 || self.dit.clips < self.dit.batch {
+            return Err("batches must be positive and the clips at least one batch".into());
+        }
+        if !(0.0..1.0).contains(&self.dit.caption_dropout) || self.dit.shift <= 0.0 {
+            return Err("caption_dropout must be in [0, 1) and shift positive".into());
+        }
+        self.transformer_config().validate().map_err(|e| e.to_string())?;
+        self.vae_config().validate().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
