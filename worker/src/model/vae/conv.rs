@@ -38,9 +38,9 @@ enum Kernel {
         w: Tensor,
         b: Tensor,
     },
-    /// Weights being trained: `w [cout, cin, kt, kh, kw]` and `b [1, cout, 1, 1]` are views of the
-    /// variables, read at every call (the other kernels copy them once), and the convolution is made
-    /// of differentiable ops.
+    /// Weights being trained: `w [cout, cin, kt, kh, kw]` and `b [cout]` are the variables themselves,
+    /// read at every call (the other kernels copy them once), and the convolution is a differentiable
+    /// op ([`super::train_conv`]).
     Trainable {
         w: Tensor,
         b: Tensor,
@@ -95,7 +95,7 @@ impl Conv {
             // Views of the weights: also right for training.
             Kernel::Pointwise { w: w.reshape((g.cout, g.cin))?, b: b.reshape((g.cout, 1))? }
         } else if w.track_op() || b.track_op() {
-            Kernel::Trainable { w, b: b.reshape((1, g.cout, 1, 1))? }
+            Kernel::Trainable { w, b }
         } else if imp == ConvImpl::Auto && w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::BF16) {
             // bf16 on CPU runs the f32 kernel on widened values: candle's CPU conv2d has no bf16 GEMM.
             let flat = w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -165,7 +165,7 @@ impl Conv {
             }
             Kernel::Trainable { w: wt, b: bias } => {
                 let seq = self.padded_sequence(zeros, past, x)?;
-                add(self.trainable(&seq, wt, bias, tout)?, residual)
+                add(self.trainable(&seq, wt, bias)?, residual)
             }
             Kernel::Folded { w: wf, b: bias } => {
                 let seq = self.padded_sequence(zeros, past, x)?;
@@ -200,32 +200,12 @@ impl Conv {
         Tensor::cat(&parts, 2)
     }
 
-    /// The convolution for weights being trained: the `kt` input frames of every output frame are
-    /// stacked along channels (tap-major, as the kernel is folded), all output frames go into one batch,
-    /// and one differentiable im2col convolution does the rest. `seq [B, cin, T', H, W]` is already
-    /// padded in time; `w [cout, cin, kt, kh, kw]`.
-    fn trainable(&self, seq: &Tensor, w: &Tensor, bias: &Tensor, tout: usize) -> Result<Tensor> {
-        let g = &self.geom;
-        let (b, c, _, h, wd) = seq.dims5()?;
-        let taps = (0..g.kt)
-            .map(|tap| {
-                let frames: Vec<u32> = (0..tout).map(|to| (to * g.stride_t + tap) as u32).collect();
-                seq.index_select(&Tensor::from_vec(frames, tout, seq.device())?, 2)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // kt × [B, cin, tout, H, W] -> [B, kt*cin, tout, H, W] -> [B*tout, kt*cin, H, W], padded
-        let inp = Tensor::cat(&taps, 1)?
-            .permute((0, 2, 1, 3, 4))?
-            .reshape((b * tout, g.kt * c, h, wd))?
-            .pad_with_zeros(2, g.pad[0], g.pad[1])?
-            .pad_with_zeros(3, g.pad[2], g.pad[3])?
-            .contiguous()?;
-        // [cout, cin, kt, kh, kw] -> [cout, kt, cin, kh, kw] -> [cout, kt*cin, kh, kw]
-        let kernel = w.permute((0, 2, 1, 3, 4))?.reshape((g.cout, g.kt * g.cin, g.kh, g.kw))?.contiguous()?;
-        let y = inp.apply_op2(&kernel, super::train_conv::Im2colConv { stride: g.stride_s })?;
-        let (_, cout, ho, wo) = y.dims4()?;
-        // [B*tout, cout, Ho, Wo] -> [B, cout, tout, Ho, Wo]
-        y.broadcast_add(bias)?.reshape((b, tout, cout, ho, wo))?.permute((0, 2, 1, 3, 4))?.contiguous()
+    /// The convolution for weights being trained: one differentiable op (im2col and GEMMs, bias and
+    /// spatial padding included). `seq [B, cin, T', H, W]` is already padded in time; `w [cout, cin, kt,
+    /// kh, kw]`, `bias [cout]`.
+    fn trainable(&self, seq: &Tensor, w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let op = super::train_conv::CausalConvOp { geom: self.geom };
+        seq.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, op)
     }
 
     /// Nearest-neighbour ×2 upsampling of every frame of `x [B, cin, T, H, W]`, then this (per-frame)

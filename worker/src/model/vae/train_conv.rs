@@ -1,95 +1,142 @@
-//! The convolution used while the VAE is trained: a 2-D convolution as im2col and one GEMM per frame,
-//! with a backward pass built the same way. candle's CPU `conv2d` and `conv_transpose2d` (its backward)
-//! compute dot products pixel by pixel, which made a training step of the VAE take seconds; here every
-//! pass is a few large GEMMs.
+//! The convolution used while the VAE is trained: the causal 3-D convolution as im2col and one GEMM per
+//! (clip, output frame), with a backward pass built the same way. candle's CPU `conv2d` and
+//! `conv_transpose2d` (its backward) compute dot products pixel by pixel, which made a training step of
+//! the VAE take seconds; composing the temporal taps, the spatial padding and the bias from candle's
+//! tensor ops cost as much again in copies and strided reductions. Here one op does the whole
+//! convolution, bias included, and its backward.
 //!
-//! Padding is done by the caller (the input is already padded), so the op has just a kernel and a stride.
+//! The input is already padded in time (the causal past in front); spatial zero padding is done here.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `y[n, co] = Σ w[co, c, i, j] · x[n, c, y·s + i, x·s + j]` over `x [N, C, H, W]` (padded) and
-/// `w [Co, C, kh, kw]`, both f32.
-pub(crate) struct Im2colConv {
-    pub stride: usize,
+use super::cpu_conv::ConvGeometry;
+use super::par::SharedMut;
+
+/// `y[b, co, t] = bias[co] + Σ w[co, c, i, j, k] · x[b, c, t·st + i, y·s + j − top, x·s + k − left]`
+/// over `x [B, C, T, H, W]`, `w [Co, C, kt, kh, kw]` and `bias [Co]`, all f32.
+pub(crate) struct CausalConvOp {
+    pub geom: ConvGeometry,
 }
 
-/// The geometry of one call.
+/// The sizes of one call.
 #[derive(Debug, Clone, Copy)]
 struct Geom {
-    n: usize,
+    b: usize,
     c: usize,
+    t: usize,
     h: usize,
     w: usize,
     co: usize,
+    kt: usize,
     kh: usize,
     kw: usize,
-    s: usize,
+    st: usize,
+    ss: usize,
+    top: usize,
+    left: usize,
+    tout: usize,
     ho: usize,
     wo: usize,
 }
 
 impl Geom {
-    fn new(x: &[usize], k: &[usize], s: usize) -> Result<Self> {
-        let (&[n, c, h, w], &[co, c2, kh, kw]) = (x, k) else {
-            candle_core::bail!("im2col conv: input {x:?} and kernel {k:?} must be 4-D");
+    fn new(g: &ConvGeometry, x: &[usize], k: &[usize]) -> Result<Self> {
+        let (&[b, c, t, h, w], &[co, c2, kt, kh, kw]) = (x, k) else {
+            candle_core::bail!("causal conv: input {x:?} and kernel {k:?} must be 5-D");
         };
-        if c != c2 || kh > h || kw > w || s == 0 {
-            candle_core::bail!("im2col conv: input {x:?}, kernel {k:?}, stride {s} do not fit");
+        if c != c2 || [co, kt, kh, kw] != [g.cout, g.kt, g.kh, g.kw] || t < kt || g.stride_t == 0 || g.stride_s == 0 {
+            candle_core::bail!("causal conv: input {x:?} and kernel {k:?} do not fit {g:?}");
         }
-        Ok(Geom { n, c, h, w, co, kh, kw, s, ho: (h - kh) / s + 1, wo: (w - kw) / s + 1 })
+        let (ho, wo) = g.out_hw(h, w)?;
+        let tout = g.out_frames(t);
+        let (st, ss, top, left) = (g.stride_t, g.stride_s, g.pad[0], g.pad[2]);
+        Ok(Geom { b, c, t, h, w, co, kt, kh, kw, st, ss, top, left, tout, ho, wo })
     }
 
-    /// Rows of the column matrix: one per (channel, kernel row, kernel column).
+    /// Rows of the column matrix: one per (channel, temporal tap, kernel row, kernel column), the order
+    /// of the kernel's own layout.
     fn k(&self) -> usize {
-        self.c * self.kh * self.kw
+        self.c * self.kt * self.kh * self.kw
     }
 
     /// Output pixels per frame.
     fn p(&self) -> usize {
         self.ho * self.wo
     }
-}
 
-/// The column matrix `[C·kh·kw, Ho·Wo]` of one frame `x [C, H, W]`.
-fn im2col(g: &Geom, x: &[f32]) -> Vec<f32> {
-    let mut col = vec![0f32; g.k() * g.p()];
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * g.p()..][..g.p()];
-                for y in 0..g.ho {
-                    let src = &x[(c * g.h + y * g.s + i) * g.w + j..];
-                    let dst = &mut row[y * g.wo..][..g.wo];
-                    if g.s == 1 {
-                        dst.copy_from_slice(&src[..g.wo]);
-                    } else {
-                        for (xo, d) in dst.iter_mut().enumerate() {
-                            *d = src[xo * g.s];
+    fn item_len(&self) -> usize {
+        self.c * self.t * self.h * self.w
+    }
+
+    /// The output columns `lo..hi` whose input column `xo·s + j − left` lies inside the frame.
+    fn valid_x(&self, j: usize) -> (usize, usize) {
+        let lo = self.left.saturating_sub(j).div_ceil(self.ss).min(self.wo);
+        let hi = (self.w + self.left).saturating_sub(j).div_ceil(self.ss).clamp(lo, self.wo);
+        (lo, hi)
+    }
+
+    /// Visits every (row of the column matrix, output row) pair whose input row lies inside the frame,
+    /// with the column matrix's offset, the input's offset of column 0 (before the left padding, as a
+    /// signed number) and the valid output columns.
+    fn for_each_row(&self, to: usize, mut f: impl FnMut(usize, isize, (usize, usize))) {
+        let (p, hw) = (self.p(), self.h * self.w);
+        for c in 0..self.c {
+            for tap in 0..self.kt {
+                let frame = (c * self.t + to * self.st + tap) * hw;
+                for i in 0..self.kh {
+                    for j in 0..self.kw {
+                        let row = (((c * self.kt + tap) * self.kh + i) * self.kw + j) * p;
+                        let cols = self.valid_x(j);
+                        for y in 0..self.ho {
+                            let Some(yy) = (y * self.ss + i).checked_sub(self.top).filter(|&yy| yy < self.h) else {
+                                continue;
+                            };
+                            let src = (frame + yy * self.w) as isize + j as isize - self.left as isize;
+                            f(row + y * self.wo, src, cols);
                         }
                     }
                 }
             }
         }
     }
-    col
 }
 
-/// Adds the column matrix's entries back onto the pixels they were read from (im2col's adjoint).
-fn col2im_add(g: &Geom, col: &[f32], x: &mut [f32]) {
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * g.p()..][..g.p()];
-                for y in 0..g.ho {
-                    let dst = &mut x[(c * g.h + y * g.s + i) * g.w + j..];
-                    for (xo, v) in row[y * g.wo..][..g.wo].iter().enumerate() {
-                        dst[xo * g.s] += v;
-                    }
-                }
-            }
+/// The column matrix `[K, Ho·Wo]` of output frame `to` of one clip `x [C, T, H, W]`.
+fn im2col(g: &Geom, x: &[f32], to: usize, col: &mut Vec<f32>) {
+    col.clear();
+    col.resize(g.k() * g.p(), 0.0);
+    g.for_each_row(to, |dst, src, (lo, hi)| {
+        if lo == hi {
+            return;
         }
-    }
+        // The first valid output column's input pixel; `src` may be negative only before it.
+        let first = (src + (lo * g.ss) as isize) as usize;
+        let dst = &mut col[dst + lo..dst + hi];
+        if g.ss == 1 {
+            dst.copy_from_slice(&x[first..first + dst.len()]);
+        } else {
+            let src = &x[first..first + (dst.len() - 1) * g.ss + 1];
+            dst.iter_mut().zip(src.iter().step_by(g.ss)).for_each(|(d, v)| *d = *v);
+        }
+    });
+}
+
+/// Adds a column matrix's entries back onto the pixels they were read from (im2col's adjoint).
+fn col2im_add(g: &Geom, col: &[f32], to: usize, x: &mut [f32]) {
+    g.for_each_row(to, |row, src, (lo, hi)| {
+        if lo == hi {
+            return;
+        }
+        let first = (src + (lo * g.ss) as isize) as usize;
+        let row = &col[row + lo..row + hi];
+        let dst = &mut x[first..first + (row.len() - 1) * g.ss + 1];
+        if g.ss == 1 {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        } else {
+            dst.iter_mut().step_by(g.ss).zip(row).for_each(|(d, v)| *d += v);
+        }
+    });
 }
 
 /// A row-major matrix operand, or the transpose of one: `rows × cols` with element (r, c) at
@@ -117,16 +164,17 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst [m, n] (+)= a [m, k] · b [k, n]`, `dst` row-major.
-fn gemm(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+/// `dst [m, n] (+)= a [m, k] · b [k, n]`, `dst` row-major with rows `dst_rs` apart.
+fn gemm(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && a.fits() && b.fits() && dst.len() >= m * n, "im2col conv: GEMM operands out of bounds");
+    let dst_fits = m == 0 || n == 0 || (dst_rs >= n && dst.len() > (m - 1) * dst_rs + n - 1);
+    assert!(b.rows == k && a.fits() && b.fits() && dst_fits, "im2col conv: GEMM operands out of bounds");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            (0..m).for_each(|r| dst[r * dst_rs..][..n].fill(0.0));
         }
         return;
     }
@@ -138,7 +186,7 @@ fn gemm(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -166,49 +214,87 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
-impl CustomOp2 for Im2colConv {
+impl CustomOp3 for CausalConvOp {
     fn name(&self) -> &'static str {
-        "im2col-conv2d"
+        "im2col-causal-conv3d"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(xl.dims(), wl.dims(), self.stride)?;
-        let (x, w) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?);
-        let mut out = vec![0f32; g.n * g.co * g.p()];
-        out.par_chunks_mut(g.co * g.p()).enumerate().for_each(|(n, y)| {
-            let col = im2col(&g, &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w]);
-            gemm(y, Mat::new(w, g.co, g.k()), Mat::new(&col, g.k(), g.p()), false);
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.geom, xl.dims(), wl.dims())?;
+        let (x, w, bias) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?, f32_slice(bs, bl)?);
+        if bias.len() != g.co {
+            candle_core::bail!("causal conv: {} biases for {} output channels", bias.len(), g.co)
+        }
+        let (p, tp) = (g.p(), g.tout * g.p());
+        let mut out = vec![0f32; g.b * g.co * tp];
+        let dst = SharedMut(out.as_mut_ptr());
+        (0..g.b * g.tout).into_par_iter().for_each_init(Vec::new, |col, job| {
+            let (bi, to) = (job / g.tout, job % g.tout);
+            im2col(&g, &x[bi * g.item_len()..][..g.item_len()], to, col);
+            // Rows co of frame `to` in [B, Co, Tout, P]: `p` values every `tp`.
+            let base = bi * g.co * tp + to * p;
+            for (co, &v) in bias.iter().enumerate() {
+                // SAFETY: (bi, co, to) rows are written by this job only, inside `out`.
+                unsafe { dst.slice(base + co * tp, p) }.fill(v);
+            }
+            // SAFETY: as above; the GEMM writes exactly those rows.
+            let rows = unsafe { dst.slice(base, (g.co - 1) * tp + p) };
+            gemm(rows, tp, Mat::new(w, g.co, g.k()), Mat::new(col, g.k(), p), true);
         });
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.co, g.ho, g.wo))))
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.co, g.tout, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = Geom::new(x.dims(), w.dims(), self.stride)?;
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(&self.geom, x.dims(), w.dims())?;
         let (xh, wh, gh) = (host(x)?, host(w)?, host(grad)?);
-        let frame = g.c * g.h * g.w;
-        let mut grad_x = vec![0f32; g.n * frame];
-        // Each frame's share of the kernel's gradient, summed afterwards in frame order (deterministic).
-        let parts: Vec<Vec<f32>> = grad_x
-            .par_chunks_mut(frame)
-            .enumerate()
-            .map(|(n, gx)| {
-                let col = im2col(&g, &xh[n * frame..][..frame]);
-                let gy = Mat::new(&gh[n * g.co * g.p()..][..g.co * g.p()], g.co, g.p());
+        let (p, tp) = (g.p(), g.tout * g.p());
+        // Per (clip, output frame): its share of the kernel's and the bias's gradients and its column
+        // gradient; summed afterwards in a fixed order (deterministic).
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..g.b * g.tout)
+            .into_par_iter()
+            .map_init(Vec::new, |col, job| {
+                let (bi, to) = (job / g.tout, job % g.tout);
+                im2col(&g, &xh[bi * g.item_len()..][..g.item_len()], to, col);
+                let gy = Mat { data: &gh[bi * g.co * tp + to * p..], rows: g.co, cols: p, rs: tp, cs: 1 };
                 let mut gw = vec![0f32; g.co * g.k()];
-                gemm(&mut gw, gy, Mat::new(&col, g.k(), g.p()).t(), false);
-                let mut gcol = vec![0f32; g.k() * g.p()];
-                gemm(&mut gcol, Mat::new(&wh, g.co, g.k()).t(), gy, false);
-                col2im_add(&g, &gcol, gx);
-                gw
+                gemm(&mut gw, g.k(), gy, Mat::new(col, g.k(), p).t(), false);
+                let gb = (0..g.co).map(|co| gh[bi * g.co * tp + co * tp + to * p..][..p].iter().sum()).collect();
+                let mut gcol = vec![0f32; g.k() * p];
+                gemm(&mut gcol, p, Mat::new(&wh, g.co, g.k()).t(), gy, false);
+                (gw, gb, gcol)
             })
             .collect();
-        let mut grad_w = vec![0f32; g.co * g.k()];
-        for part in parts {
-            grad_w.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        let mut grad_x = vec![0f32; g.b * g.item_len()];
+        grad_x.par_chunks_mut(g.item_len()).enumerate().for_each(|(bi, gx)| {
+            for to in 0..g.tout {
+                col2im_add(&g, &parts[bi * g.tout + to].2, to, gx);
+            }
+        });
+        let (mut grad_w, mut grad_b) = (vec![0f32; g.co * g.k()], vec![0f32; g.co]);
+        for (gw, gb, _) in &parts {
+            grad_w.iter_mut().zip(gw).for_each(|(a, b)| *a += b);
+            grad_b.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
         }
-        let grad_x = Tensor::from_vec(grad_x, x.shape(), x.device())?;
-        let grad_w = Tensor::from_vec(grad_w, w.shape(), w.device())?;
-        Ok((Some(grad_x), Some(grad_w)))
+        Ok((
+            Some(Tensor::from_vec(grad_x, x.shape(), x.device())?),
+            Some(Tensor::from_vec(grad_w, w.shape(), w.device())?),
+            Some(Tensor::from_vec(grad_b, bias.shape(), bias.device())?),
+        ))
     }
 }
 
@@ -217,27 +303,63 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// Forward and both gradients against candle's own conv2d, at stride 1 and 2.
+    /// The same convolution from candle's ops: per output frame, a `conv2d` per temporal tap on the
+    /// zero-padded frame, summed, plus the bias.
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+        let tout = g.out_frames(x.dim(2)?);
+        let frames = (0..tout)
+            .map(|to| {
+                let mut y = b.reshape((1, g.cout, 1, 1))?;
+                for tap in 0..g.kt {
+                    let xi = x
+                        .narrow(2, to * g.stride_t + tap, 1)?
+                        .squeeze(2)?
+                        .pad_with_zeros(2, g.pad[0], g.pad[1])?
+                        .pad_with_zeros(3, g.pad[2], g.pad[3])?;
+                    let wi = w.narrow(2, tap, 1)?.squeeze(2)?.contiguous()?;
+                    y = y.broadcast_add(&xi.conv2d(&wi, 0, g.stride_s, 1, 1)?)?;
+                }
+                y.unsqueeze(2)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&frames, 2)
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> Result<f32> {
+        ((a - b)?.sqr()?.sum_all()?.sqrt()? / b.sqr()?.sum_all()?.sqrt()?)?.to_scalar::<f32>()
+    }
+
+    /// Forward and all three gradients against candle's own conv2d, for the geometries the VAE uses:
+    /// 3×3×3 causal, per-frame 3×3 at stride 1 and 2 (padded bottom and right), and 3×1×1 in time at
+    /// temporal stride 1 and 2.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        for stride in [1, 2] {
-            // 9×11: candle's own conv2d backward derives the transposed convolution's output padding from
-            // the height alone, so the reference is only right where both sides leave the same remainder.
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 9, 11), &dev)?)?;
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 4, 3, 3), &dev)?)?;
-            let probe = Tensor::randn(0f32, 1.0, (3, 5, (9 - 3) / stride + 1, (11 - 3) / stride + 1), &dev)?;
-            let ours = x.as_tensor().apply_op2(w.as_tensor(), Im2colConv { stride })?;
-            let theirs = x.as_tensor().conv2d(w.as_tensor(), 0, stride, 1, 1)?;
-            let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
-                ((a - b)?.sqr()?.sum_all()?.sqrt()? / b.sqr()?.sum_all()?.sqrt()?)?.to_scalar::<f32>()
-            };
-            assert!(rel(&ours, &theirs)? < 1e-5);
+        let cases = [
+            ((3, 3, 3), (1, 1), [1, 1, 1, 1], 5),
+            ((1, 3, 3), (1, 1), [1, 1, 1, 1], 2),
+            // 9×11 padded to 10×12: candle's own conv2d backward derives the transposed convolution's
+            // output padding from the height alone, so the reference is only right where both sides
+            // leave the same remainder.
+            ((1, 3, 3), (1, 2), [0, 1, 0, 1], 2),
+            ((3, 1, 1), (1, 1), [0; 4], 4),
+            ((3, 1, 1), (2, 1), [0; 4], 7),
+        ];
+        for ((kt, kh, kw), (stride_t, stride_s), pad, t) in cases {
+            let g = ConvGeometry { cin: 4, cout: 5, kt, kh, kw, stride_t, stride_s, pad };
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4, t, 9, 11), &dev)?)?;
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 4, kt, kh, kw), &dev)?)?;
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 5, &dev)?)?;
+            let ours = x.as_tensor().apply_op3(w.as_tensor(), b.as_tensor(), CausalConvOp { geom: g })?;
+            let theirs = reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), &g)?;
+            assert_eq!(ours.dims(), theirs.dims(), "{g:?}");
+            assert!(rel(&ours, &theirs)? < 1e-5, "{g:?}: output differs by {}", rel(&ours, &theirs)?);
+            let probe = Tensor::randn(0f32, 1.0, ours.shape(), &dev)?;
             let g1 = (ours * &probe)?.sum_all()?.backward()?;
             let g2 = (theirs * &probe)?.sum_all()?.backward()?;
-            for v in [&x, &w] {
+            for (name, v) in [("x", &x), ("w", &w), ("bias", &b)] {
                 let (a, b) = (g1.get(v).expect("gradient"), g2.get(v).expect("gradient"));
-                assert!(rel(a, b)? < 1e-5, "stride {stride}: gradient differs by {}", rel(a, b)?);
+                assert!(rel(a, b)? < 1e-5, "{g:?}: gradient of {name} differs by {}", rel(a, b)?);
             }
         }
         Ok(())
