@@ -1,7 +1,7 @@
 //! Quality benchmark of the embedded tiny model: does the farm's video show what the prompt says, and do
 //! long videos stay consistent where the windows join?
 //!
-//!   quality [--prompts 50] [--frames 77] [--steps N] [--keep DIR]
+//!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
 //!
 //! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
 //! never saw), one to two objects, plain or two-tone backgrounds. Every prompt is rendered through an
@@ -43,11 +43,14 @@ struct Options {
     prompts: usize,
     frames: u32,
     steps: Option<u32>,
+    guidance: Option<f32>,
+    /// Which of the four ways to render (indices into the table's rows).
+    modes: Vec<usize>,
     keep: Option<PathBuf>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { prompts: 50, frames: 77, steps: None, keep: None };
+    let mut o = Options { prompts: 50, frames: 77, steps: None, guidance: None, modes: vec![0, 1, 2, 3], keep: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -55,6 +58,13 @@ fn options() -> anyhow::Result<Options> {
             "--prompts" => o.prompts = value()?.parse()?,
             "--frames" => o.frames = value()?.parse()?,
             "--steps" => o.steps = Some(value()?.parse()?),
+            "--guidance" => o.guidance = Some(value()?.parse()?),
+            "--modes" => {
+                o.modes = value()?.split(',').map(|m| m.trim().parse()).collect::<Result<_, _>>()?;
+                if o.modes.iter().any(|&m| m > 3) {
+                    bail!("--modes: indices are 0 (one window), 1 (smooth), 2 (average), 3 (no overlap)");
+                }
+            }
             "--keep" => o.keep = Some(PathBuf::from(value()?)),
             // cargo bench passes --bench to every harness-less target.
             "--bench" => {}
@@ -104,7 +114,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
     let g = ModelGeometry::tiny();
     let started = Instant::now();
     let mut table = Vec::new();
-    for (m, mode) in modes.iter().enumerate() {
+    for (m, mode) in modes.iter().enumerate().filter(|(m, _)| o.modes.contains(m)) {
         let seams = temporal_seams(&g, mode.frames as usize, WINDOW as usize, mode.overlap as usize)?;
         let mut scores = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
@@ -115,6 +125,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
                 overlap_frames: Some(mode.overlap),
                 fusion: mode.fusion.into(),
                 steps: o.steps,
+                guidance_scale: o.guidance,
                 seed: Some(i as u64),
                 ..Default::default()
             };

@@ -4,7 +4,7 @@
 # no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints a markdown table
 # (progress on stderr). About 15 minutes on 2 cores.
 #
-#   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--keep DIR]
+#   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -10,6 +10,7 @@ use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::t5::{UMT5Config, UMT5Encoder};
 use patchwork_worker::model::vae::{VaeConfig, WanVae};
 use patchwork_worker::train::params::{Params, Start};
+use patchwork_worker::train::recipe::ClipShape;
 use patchwork_worker::train::{self, Phase, Progress, Recipe, TrainConfig};
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -100,7 +101,7 @@ fn small_recipe() -> Recipe {
     r.vae.base_dim = 4;
     r.vae.steps = 3;
     r.vae.batch = 2;
-    r.vae.crop = 16;
+    r.vae.clips = vec![ClipShape { frames: 9, crop: 16 }, ClipShape { frames: 13, crop: 8 }];
     r.dit.heads = 2;
     r.dit.head_dim = 8;
     r.dit.layers = 1;

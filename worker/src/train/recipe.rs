@@ -24,14 +24,26 @@ pub struct VaeRecipe {
     pub base_dim: usize,
     pub steps: usize,
     pub batch: usize,
-    /// Frames per training clip: 1 + 4k with k ≥ 2, so that the first frame's path, a chunk after it
-    /// and a chunk after a chunk (what every later chunk of a long video sees) are all trained.
-    pub frames: usize,
+    /// The clips' shapes, taken in turn step by step. Long clips train what a decode deep into a long
+    /// video sees (the causal cache after many chunks); large crops train sharp detail; a step's cost
+    /// is about frames × crop², so each shape trades one for the other.
+    pub clips: Vec<ClipShape>,
     pub lr: f64,
-    /// Side of the square crops trained on (a multiple of 8, at most the frame size).
-    pub crop: usize,
+    /// How much more a pixel covered by an object counts in the reconstruction loss than one of the
+    /// background.
+    pub object_weight: f64,
     /// Weight of the latent's L2 penalty (half its mean square) against the reconstruction loss.
     pub latent_penalty: f64,
+}
+
+/// One shape of VAE training clip.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClipShape {
+    /// Frames: 1 + 4k with k ≥ 2, so that the first frame's path, a chunk after it and a chunk after a
+    /// chunk are all trained.
+    pub frames: usize,
+    /// Side of the square crops (a multiple of 8, at most the frame size).
+    pub crop: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +84,19 @@ impl Default for Recipe {
             width: 64,
             height: 64,
             frames: 17,
-            vae: VaeRecipe { base_dim: 8, steps: 1200, batch: 3, frames: 9, lr: 2e-3, crop: 32, latent_penalty: 1e-4 },
+            vae: VaeRecipe {
+                base_dim: 8,
+                steps: 2400,
+                batch: 3,
+                clips: vec![
+                    ClipShape { frames: 9, crop: 32 },
+                    ClipShape { frames: 17, crop: 24 },
+                    ClipShape { frames: 33, crop: 16 },
+                ],
+                lr: 2e-3,
+                object_weight: 10.0,
+                latent_penalty: 1e-4,
+            },
             dit: DitRecipe {
                 heads: 4,
                 head_dim: 32,
@@ -136,13 +160,25 @@ impl Recipe {
         if !multiple(self.width, 16) || !multiple(self.height, 16) {
             return Err(format!("width and height must be multiples of 16, got {}x{}", self.width, self.height));
         }
-        for (name, frames) in [("frames", self.frames), ("vae.frames", self.vae.frames)] {
-            if frames == 0 || !(frames - 1).is_multiple_of(4) {
-                return Err(format!("{name} must be 1 + a multiple of 4, got {frames}"));
-            }
+        if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
+            return Err(format!("frames must be 1 + a multiple of 4, got {}", self.frames));
         }
-        if self.vae.crop == 0 || !self.vae.crop.is_multiple_of(8) {
-            return Err(format!("vae.crop must be a positive multiple of 8, got {}", self.vae.crop));
+        if self.vae.object_weight.is_nan() || self.vae.object_weight < 1.0 {
+            return Err(format!("vae.object_weight must be at least 1, got {}", self.vae.object_weight));
+        }
+        if self.vae.clips.is_empty() {
+            return Err("vae.clips must list at least one clip shape".into());
+        }
+        for (i, c) in self.vae.clips.iter().enumerate() {
+            if c.frames < 9 || !(c.frames - 1).is_multiple_of(4) {
+                return Err(format!(
+                    "vae.clips[{i}].frames must be 1 + a multiple of 4 and at least 9, got {}",
+                    c.frames
+                ));
+            }
+            if c.crop == 0 || !c.crop.is_multiple_of(8) {
+                return Err(format!("vae.clips[{i}].crop must be a positive multiple of 8, got {}", c.crop));
+            }
         }
         if self.vae.batch == 0 || self.dit.batch == 0 || self.dit.clips < self.dit.batch {
             return Err("batches must be positive and the clips at least one batch".into());

@@ -142,8 +142,8 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         progress.phase(Phase::Vae, state.step, r.vae.steps);
         while state.step < r.vae.steps && budget > 0 {
             let started = Instant::now();
-            let x = vae::batch(&r, state.step, &device)?;
-            let (loss, report) = vae::loss(&vae_model, &x, r.vae.latent_penalty)?;
+            let batch = vae::batch(&r, state.step, &device)?;
+            let (loss, report) = vae::loss(&vae_model, &batch, r.vae.latent_penalty)?;
             opt.step(&loss.backward()?, lr_at(r.vae.lr, state.step, r.vae.steps))?;
             state.step += 1;
             budget -= 1;
@@ -194,10 +194,12 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             let z = encoder.encode(&x)?;
             if start == 0 {
                 let check = vae::reconstruction_check(&encoder, &x, &z, &caps)?;
+                let frames = check.psnr_by_frame.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
                 progress.note(&format!(
-                    "VAE reconstruction of {n} unseen clips: PSNR {:.1} dB; the evaluator reads colour {:.0}%, \
-                     shape {:.0}%, direction {:.0}% of their objects",
+                    "VAE reconstruction of {n} unseen clips: PSNR {:.1} dB (by frame: {}); the evaluator reads \
+                     colour {:.0}%, shape {:.0}%, direction {:.0}% of their objects",
                     check.psnr,
+                    frames.join(" "),
                     100.0 * check.colour,
                     100.0 * check.shape,
                     100.0 * check.direction
