@@ -86,15 +86,11 @@ impl Default for Recipe {
             frames: 17,
             vae: VaeRecipe {
                 base_dim: 8,
-                steps: 2400,
+                steps: 3000,
                 batch: 3,
-                clips: vec![
-                    ClipShape { frames: 9, crop: 32 },
-                    ClipShape { frames: 17, crop: 24 },
-                    ClipShape { frames: 33, crop: 16 },
-                ],
+                clips: vec![ClipShape { frames: 9, crop: 32 }],
                 lr: 2e-3,
-                object_weight: 10.0,
+                object_weight: 1.0,
                 latent_penalty: 1e-4,
             },
             dit: DitRecipe {
@@ -102,7 +98,7 @@ impl Default for Recipe {
                 head_dim: 32,
                 layers: 4,
                 ffn_dim: 512,
-                steps: 2000,
+                steps: 3000,
                 batch: 16,
                 lr: 1e-3,
                 clips: 3000,

@@ -1,8 +1,7 @@
 //! Phase 1: the VAE learns to reconstruct procedural clips. The loss is the reconstruction error (L1 plus
 //! squared, which keeps flat colours exact and edges sharp) of the encoder's mean, plus a small L2
-//! penalty on that mean which keeps the latent's scale bounded. Pixels of objects weigh more than the
-//! background's: they are a few percent of a frame, and unweighted the VAE learned the backgrounds and
-//! washed the objects out toward them (the evaluator read 39% of reconstructed colours).
+//! penalty on that mean which keeps the latent's scale bounded. The recipe can weigh the pixels an object
+//! covers more than the background's (`object_weight`); objects are a few percent of a frame.
 //!
 //! The latent is not sampled from the encoder's distribution as a VAE's usually is: in a first run that did
 //! (KL weight 1e-4), the sampling noise was still a third of the signal after 1,200 steps and the decoder
@@ -11,10 +10,10 @@
 //! downstream; the log-variance half of the encoder's output is left untrained.
 //!
 //! The convolutions see only a frame's neighbourhood, so the VAE trains on random crops of the frames:
-//! a quarter of the pixels at 32×32 of 64×64, and four times the steps for the same time. The crops
-//! alternate with smaller ones of longer clips: the decoder and encoder carry a causal cache from chunk
-//! to chunk, and a VAE trained on 9-frame clips alone reconstructed frames 0–8 at 24–26 dB but drifted
-//! to 17 dB by frame 16, past what it had been trained on.
+//! a quarter of the pixels at 32×32 of 64×64, and four times the steps for the same time. The recipe can
+//! alternate crops with smaller ones of longer clips: the decoder and encoder carry a causal cache from
+//! chunk to chunk, and a VAE trained on 9-frame clips alone reconstructs frames 0–8 at 24–26 dB but
+//! drifts to 17 dB by frame 16, past what it was trained on.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use patchwork_scenes::{Scene, SceneSampler};
