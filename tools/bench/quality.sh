@@ -2,7 +2,7 @@
 # Quality of the embedded tiny model through the farm: 50 procedural prompts, each rendered as one native
 # window and as a 77-frame video (20 latent frames) joined three ways (smooth sin² fusion, plain average,
 # no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints a markdown table
-# (progress on stderr). About 15 minutes on 2 cores.
+# (progress on stderr). About 6–8 minutes on 2 cores.
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
 set -euo pipefail
