@@ -166,42 +166,51 @@ impl<'a> Mat<'a> {
 
 /// `dst [m, n] (+)= a [m, k] · b [k, n]`, `dst` row-major with rows `dst_rs` apart.
 fn gemm(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(m == 0 || n == 0 || dst.len() > (m - 1) * dst_rs + n - 1, "im2col conv: GEMM output out of bounds");
+    // SAFETY: `dst` holds every element the rows address.
+    unsafe { gemm_rows(dst.as_mut_ptr(), dst_rs, a, b, accumulate) }
+}
+
+/// [`gemm`] into rows `dst_rs` apart from `dst`, which other threads may be writing between (rows of
+/// other output frames): only the `m × n` elements addressed are touched, and no slice spans the gaps.
+///
+/// # Safety
+/// The `m` rows of `n` elements from `dst` must be valid for writes and written by no one else meanwhile.
+unsafe fn gemm_rows(dst: *mut f32, dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let dst_fits = m == 0 || n == 0 || (dst_rs >= n && dst.len() > (m - 1) * dst_rs + n - 1);
-    assert!(b.rows == k && a.fits() && b.fits() && dst_fits, "im2col conv: GEMM operands out of bounds");
+    assert!(b.rows == k && a.fits() && b.fits() && dst_rs >= n, "im2col conv: GEMM operands out of bounds");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            (0..m).for_each(|r| dst[r * dst_rs..][..n].fill(0.0));
+            (0..m).for_each(|r| std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0));
         }
         return;
     }
-    // SAFETY: `fits` bounds every element of `a` and `b` the strides address, and `dst` holds m·n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    // `fits` bounds every element of `a` and `b` the strides address; the caller vouches for `dst`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -245,9 +254,9 @@ impl CustomOp3 for CausalConvOp {
                 // SAFETY: (bi, co, to) rows are written by this job only, inside `out`.
                 unsafe { dst.slice(base + co * tp, p) }.fill(v);
             }
-            // SAFETY: as above; the GEMM writes exactly those rows.
-            let rows = unsafe { dst.slice(base, (g.co - 1) * tp + p) };
-            gemm(rows, tp, Mat::new(w, g.co, g.k()), Mat::new(col, g.k(), p), true);
+            // SAFETY: as above; the GEMM writes exactly those rows, through a pointer rather than one slice
+            // spanning the other frames' rows between them.
+            unsafe { gemm_rows(dst.0.add(base), tp, Mat::new(w, g.co, g.k()), Mat::new(col, g.k(), p), true) };
         });
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.co, g.tout, g.ho, g.wo))))
     }
