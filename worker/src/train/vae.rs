@@ -51,16 +51,20 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     for i in 0..v.batch {
         let scene = sampler.sample(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, i as u64));
         let video = scene.render(f);
-        // The same scene without its objects: the background alone, so the objects' pixels are exactly
-        // those that differ from it.
-        let background = Scene { objects: Vec::new(), ..scene }.render(f);
-        weight.extend(video.data.chunks_exact(3).zip(background.data.chunks_exact(3)).map(|(p, q)| {
-            if p == q {
-                1f32
-            } else {
-                v.object_weight as f32
-            }
-        }));
+        if v.object_weight == 1.0 {
+            weight.resize(weight.len() + f * h * w, 1f32);
+        } else {
+            // The same scene without its objects: the background alone, so the objects' pixels are
+            // exactly those that differ from it.
+            let background = Scene { objects: Vec::new(), ..scene }.render(f);
+            weight.extend(video.data.chunks_exact(3).zip(background.data.chunks_exact(3)).map(|(p, q)| {
+                if p == q {
+                    1f32
+                } else {
+                    v.object_weight as f32
+                }
+            }));
+        }
         videos.push(video);
     }
     let x = data::video_batch(&videos, device)?;
