@@ -32,6 +32,11 @@ pub struct VaeRecipe {
     /// How much more a pixel covered by an object counts in the reconstruction loss than one of the
     /// background.
     pub object_weight: f64,
+    /// The share of crops placed around an object (its centre at the clip's middle frame, jittered by up
+    /// to a quarter crop) rather than anywhere: objects cover a few percent of a frame, so random crops
+    /// are mostly flat background.
+    #[serde(default)]
+    pub object_crops: f64,
     /// Weight of the latent's L2 penalty (half its mean square) against the reconstruction loss.
     pub latent_penalty: f64,
 }
@@ -88,9 +93,15 @@ impl Default for Recipe {
                 base_dim: 8,
                 steps: 3000,
                 batch: 3,
-                clips: vec![ClipShape { frames: 9, crop: 32 }],
+                clips: vec![
+                    ClipShape { frames: 9, crop: 32 },
+                    ClipShape { frames: 17, crop: 24 },
+                    ClipShape { frames: 9, crop: 32 },
+                    ClipShape { frames: 33, crop: 16 },
+                ],
                 lr: 2e-3,
                 object_weight: 1.0,
+                object_crops: 0.75,
                 latent_penalty: 1e-4,
             },
             dit: DitRecipe {
@@ -161,6 +172,9 @@ impl Recipe {
         }
         if self.vae.object_weight.is_nan() || self.vae.object_weight < 1.0 {
             return Err(format!("vae.object_weight must be at least 1, got {}", self.vae.object_weight));
+        }
+        if !(0.0..=1.0).contains(&self.vae.object_crops) {
+            return Err(format!("vae.object_crops must be in [0, 1], got {}", self.vae.object_crops));
         }
         if self.vae.clips.is_empty() {
             return Err("vae.clips must list at least one clip shape".into());

@@ -48,8 +48,11 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     let (f, h, w) = (shape.frames, recipe.height, recipe.width);
     let mut videos = Vec::with_capacity(v.batch);
     let mut weight = Vec::with_capacity(v.batch * f * h * w);
+    // Where each clip's first object is at the middle frame, for crops placed around it.
+    let mut centres = Vec::with_capacity(v.batch);
     for i in 0..v.batch {
         let scene = sampler.sample(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, i as u64));
+        centres.push(scene.objects.first().map(|o| scene.centre(o, (f - 1) as f64 / 2.0)));
         let video = scene.render(f);
         if v.object_weight == 1.0 {
             weight.resize(weight.len() + f * h * w, 1f32);
@@ -77,11 +80,30 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     // encoder's downsampling as whole frames do.
     let grid = |len: usize| (len - crop) / 8 + 1;
     let picks = data::uniforms(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, u64::MAX), 2 * v.batch);
+    let mut corners: Vec<[usize; 2]> = (0..v.batch)
+        .map(|i| [(picks[2 * i] * grid(h) as f64) as usize * 8, (picks[2 * i + 1] * grid(w) as f64) as usize * 8])
+        .collect();
+    if v.object_crops > 0.0 {
+        let around =
+            data::uniforms(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, u64::MAX - 1), 3 * v.batch);
+        for (i, corner) in corners.iter_mut().enumerate() {
+            let Some([cx, cy]) = centres[i] else { continue };
+            if around[3 * i] >= v.object_crops {
+                continue;
+            }
+            // The crop's corner that centres the object, moved by up to a quarter crop either way and
+            // snapped to the latent grid inside the frame.
+            let place = |centre: f64, u: f64, len: usize| {
+                let corner = centre - crop as f64 / 2.0 + (u - 0.5) * crop as f64 / 2.0;
+                ((corner / 8.0).round().max(0.0) as usize).min(grid(len) - 1) * 8
+            };
+            *corner = [place(cy, around[3 * i + 1], h), place(cx, around[3 * i + 2], w)];
+        }
+    }
     let cut = |t: &Tensor| -> Result<Tensor> {
         let crops = (0..v.batch)
             .map(|i| {
-                let y = (picks[2 * i] * grid(h) as f64) as usize * 8;
-                let x0 = (picks[2 * i + 1] * grid(w) as f64) as usize * 8;
+                let [y, x0] = corners[i];
                 t.narrow(0, i, 1)?.narrow(3, y, crop)?.narrow(4, x0, crop)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -180,4 +202,38 @@ pub fn reconstruction_check(
         shape: share(1),
         direction: share(2),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::recipe::ClipShape;
+
+    /// Object pixels at the middle frame of every crop of a step, counted through the loss weights.
+    fn object_pixels(recipe: &Recipe, step: usize) -> Vec<usize> {
+        let b = batch(recipe, step, &Device::Cpu).unwrap();
+        let (n, _, f, _, _) = b.weight.dims5().unwrap();
+        (0..n)
+            .map(|i| {
+                let middle = b.weight.get(i).unwrap().narrow(1, (f - 1) / 2, 1).unwrap();
+                middle.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&w| w > 1.0).count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crops_placed_around_objects_show_them() {
+        let mut recipe = Recipe::default();
+        recipe.vae.batch = 4;
+        recipe.vae.object_weight = 2.0;
+        recipe.vae.clips = vec![ClipShape { frames: 9, crop: 24 }];
+        let random: Vec<usize> = (0..8).flat_map(|s| object_pixels(&recipe, s)).collect();
+        recipe.vae.object_crops = 1.0;
+        let around: Vec<usize> = (0..8).flat_map(|s| object_pixels(&recipe, s)).collect();
+        // Every crop placed around an object holds a good part of one; random crops often miss.
+        assert!(around.iter().all(|&p| p >= 40), "object pixels per crop: {around:?}");
+        assert!(random.iter().filter(|&&p| p < 40).count() >= 4, "random crops: {random:?}");
+        let shape = batch(&recipe, 0, &Device::Cpu).unwrap().x.dims5().unwrap();
+        assert_eq!(shape, (4, 3, 9, 24, 24));
+    }
 }
