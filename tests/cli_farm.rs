@@ -85,6 +85,10 @@ async fn render_matches_the_cluster_and_the_client_commands_work() {
     assert_eq!(serving.status, 1, "SERVING");
     let named = HealthCheckRequest { service: "patchwork.v1.RenderService".into() };
     assert_eq!(health.check(named).await.unwrap().into_inner().status, 1);
+    // Without etcd the one coordinator leads; a readiness probe asks for this.
+    assert_eq!(common::health(&coord.address, "patchwork.leader").await, Ok(1));
+    // Workers answer liveness probes too.
+    assert_eq!(common::health(&_worker.address, "").await, Ok(1));
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),

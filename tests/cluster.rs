@@ -148,6 +148,14 @@ async fn the_leader_killed_mid_job_the_follower_finishes_it() {
     })
     .await;
     assert_eq!(follower.term, term_one);
+    // Readiness is leadership: only the leader's "patchwork.leader" health is SERVING.
+    wait_until(Duration::from_secs(10), "the leader to report itself ready", || {
+        let address = first.address.clone();
+        async move { (health(&address, "patchwork.leader").await == Ok(1)).then_some(()) }
+    })
+    .await;
+    assert_eq!(health(&second.address, "patchwork.leader").await, Ok(2));
+    assert_eq!(health(&second.address, "").await, Ok(1));
 
     // A follower refuses writes and names the leader.
     let request = |id: &str| pb::SubmitJobRequest { spec: Some(spec.clone()), request_id: id.into() };
@@ -160,6 +168,11 @@ async fn the_leader_killed_mid_job_the_follower_finishes_it() {
     first.kill();
     let took_over = wait_leader(&mut to_second).await;
     assert!(took_over.term > term_one, "terms must grow: {} then {}", term_one, took_over.term);
+    wait_until(Duration::from_secs(10), "the new leader to report itself ready", || {
+        let address = second.address.clone();
+        async move { (health(&address, "patchwork.leader").await == Ok(1)).then_some(()) }
+    })
+    .await;
     wait_done(&mut to_second, &job.id).await;
     assert!(fetch(&mut to_second, &job.id).await == expected, "the video changed across the failover");
 

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::cluster::Cluster;
 use crate::dispatch::Dispatcher;
@@ -24,6 +26,11 @@ use crate::store::JobStore;
 /// Largest client message the transport accepts; SubmitJob has its own, smaller limit that is answered
 /// with INVALID_ARGUMENT.
 const MAX_CLIENT_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The gRPC health service that is SERVING only on the coordinator that leads (always, without etcd):
+/// what a readiness probe asks, so that a Service reaches the leader alone. The overall health (service
+/// "") is SERVING on every coordinator that runs.
+pub const LEADER_HEALTH: &str = "patchwork.leader";
 
 /// How a coordinator runs, from its flags.
 #[derive(Debug, Clone)]
@@ -183,6 +190,12 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<RenderServiceServer<RenderApi>>().await;
+    match &backend {
+        Backend::Single(_) => health.set_service_status(LEADER_HEALTH, ServingStatus::Serving).await,
+        Backend::Cluster(cluster) => {
+            tokio::spawn(report_leadership(cluster.clone(), health.clone(), shutdown.clone()));
+        }
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -228,6 +241,23 @@ pub(crate) async fn schedule(context: Arc<JobContext>, max_running: usize, shutd
             run_job(context, job).await;
             drop(slot);
         });
+    }
+}
+
+/// Keeps [`LEADER_HEALTH`] in step with this coordinator's leadership.
+async fn report_leadership(cluster: Arc<Cluster>, health: HealthReporter, shutdown: CancellationToken) {
+    let mut role = cluster.role.subscribe();
+    loop {
+        let leads = role.borrow_and_update().lead.is_some();
+        let status = if leads { ServingStatus::Serving } else { ServingStatus::NotServing };
+        health.set_service_status(LEADER_HEALTH, status).await;
+        tokio::select! {
+            changed = role.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => {
+                health.set_service_status(LEADER_HEALTH, ServingStatus::NotServing).await;
+                return;
+            }
+        }
     }
 }
 

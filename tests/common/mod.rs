@@ -189,3 +189,16 @@ pub fn several_windows(steps: u32) -> pb::JobSpec {
         ..Default::default()
     }
 }
+
+/// The grpc.health.v1 status of `service` at `address` (1 SERVING, 2 NOT_SERVING), or the error.
+pub async fn health(address: &str, service: &str) -> Result<i32, String> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = HealthCheckRequest { service: service.into() };
+    let answer = HealthClient::new(channel).check(request).await.map_err(|e| e.to_string())?;
+    Ok(answer.into_inner().status)
+}

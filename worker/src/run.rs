@@ -91,7 +91,10 @@ pub async fn run(
     let server = WorkerServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Liveness for probes (grpc.health.v1, service ""): SERVING while the process serves.
+    let (_health, health_service) = tonic_health::server::health_reporter();
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(server)
         .serve_with_incoming_shutdown(no_delay(listener), shutdown.cancelled())
         .await;
