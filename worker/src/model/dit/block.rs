@@ -10,6 +10,7 @@ use super::parallel::{Comm, RowParallelLinear, ShardedRmsNorm};
 use super::rope::{apply_rope, RopeTables};
 use crate::model::attention::{attention, AttentionTiling};
 use crate::model::cpu::fast_math::gelu_tanh;
+use crate::model::cpu::{add_rows, mul_rows};
 
 /// Tokens per chunk of the feed-forward: its hidden layer is several times the model width, so it is
 /// evaluated a slice of tokens at a time to keep memory flat in the sequence length.
@@ -173,11 +174,11 @@ impl WanBlock {
 
 /// `x·(1 + scale) + shift` with f32 `x`, `shift`, `scale`.
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+    add_rows(&mul_rows(x, &(scale + 1.0)?)?, shift)
 }
 
 /// `x + y·gate` computed in f32 and returned in `x`'s dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let sum = (x.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?;
+    let sum = (x.to_dtype(DType::F32)? + mul_rows(&y.to_dtype(DType::F32)?, gate)?)?;
     sum.to_dtype(x.dtype())
 }

@@ -5,7 +5,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::model::cpu::linear::FusedLinear;
-use crate::model::cpu::tracked;
+use crate::model::cpu::{add_rows, mul_rows, tracked};
 
 /// `y = x·Wᵀ + b` over the last dimension. Leading dimensions are folded into one so that the product is
 /// a single large matmul rather than a batch of small ones.
@@ -44,7 +44,7 @@ impl Module for Linear {
             {
                 x2.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &b.contiguous()?, &FusedLinear)?
             }
-            Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            Some(b) => add_rows(&x2.matmul(&self.weight.t()?)?, b)?,
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims;
@@ -84,7 +84,11 @@ impl Module for F32LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         if tracked(&[&x, &self.weight, &self.bias]) {
-            candle_nn::ops::layer_norm_slow(&x, &self.weight, &self.bias, self.eps)
+            let d = x.dim(candle_core::D::Minus1)?;
+            let centred = x.broadcast_sub(&(x.sum_keepdim(candle_core::D::Minus1)? / d as f64)?)?;
+            let var = (centred.sqr()?.sum_keepdim(candle_core::D::Minus1)? / d as f64)?;
+            let normed = centred.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?;
+            add_rows(&mul_rows(&normed, &self.weight)?, &self.bias)
         } else {
             candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps)
         }
