@@ -9,9 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork_shared::pb;
 
-use cli::client::{
-    connect, connect_leader, fetch_to, follow, print_cluster, print_jobs, state_name, status_error, ClientArgs,
-};
+use cli::client::{connect, connect_leader, fetch_to, follow, print_jobs, state_name, status_error, ClientArgs};
 use cli::render::RenderArgs;
 use cli::serve::{CoordinatorArgs, WorkerArgs};
 use cli::spec::SpecArgs;
@@ -41,8 +39,8 @@ enum Command {
     Cancel(JobArgs),
     /// List jobs.
     Jobs(JobsArgs),
-    /// Show the cluster: workers, their models, slots and what they are doing.
-    Status(ClientArgs),
+    /// Show the cluster: workers, their models, slots and what they are doing (--watch, --json).
+    Status(cli::client::StatusArgs),
     /// Download a finished job's MP4.
     Fetch(FetchArgs),
     /// Measure a video against its prompt: colour, shape, direction, consistency (JSON).
@@ -195,12 +193,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print_jobs(&jobs.jobs);
             Ok(())
         }
-        Command::Status(args) => {
-            let mut client = connect(&args.coordinator).await?;
-            let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?;
-            print_cluster(&state.into_inner());
-            Ok(())
-        }
+        Command::Status(args) => cli::client::status(&args).await,
         Command::Fetch(args) => {
             let mut client = connect(&args.client.coordinator).await?;
             let bytes = fetch_to(&mut client, &args.job_id, &args.output).await?;

@@ -66,6 +66,28 @@ async fn render_matches_the_cluster_and_the_client_commands_work() {
     assert_eq!((first.workers.len(), first.queued_jobs, first.running_jobs), (1, 0, 0));
     // Two windows (7 latent frames in windows of 4 sharing 1) for 2 steps, and one decode chunk.
     assert_eq!(first.workers[0].evaluations, 2 * 2 + 1, "{first:?}");
+    // The same for scripts, once and then at every change.
+    let (ok, stdout, _) = patchwork(&["status", "--coordinator", address, "--json"]);
+    assert!(ok, "{stdout}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("status --json prints JSON");
+    assert_eq!(status["role"], "single");
+    assert_eq!(status["workers"].as_array().map(Vec::len), Some(1), "{status}");
+    let w = &status["workers"][0];
+    assert_eq!(
+        (w["model"].as_str(), w["status"].as_str(), w["evaluations"].as_u64()),
+        (Some("tiny"), Some("idle"), Some(5))
+    );
+    let mut watching = Command::new(BIN)
+        .args(["status", "--coordinator", address, "--json", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting status --watch");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(watching.stdout.take().unwrap()), &mut first).unwrap();
+    let _ = watching.kill();
+    let _ = watching.wait();
+    let watched: serde_json::Value = serde_json::from_str(&first).expect("one JSON object per line");
+    assert_eq!(watched["workers"][0]["evaluations"], 5, "{first}");
     let (ok, stdout, _) = patchwork(&["watch", "--coordinator", address, &id]);
     assert!(ok && stdout.trim() == format!("{id} done"), "{stdout}");
     let (ok, stdout, _) = patchwork(&["cancel", "--coordinator", address, &id]);

@@ -162,6 +162,101 @@ pub fn print_jobs(jobs: &[pb::Job]) {
     }
 }
 
+/// `patchwork status`: the cluster once, or (`--watch`) at every change; as a table or JSON.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print the cluster as JSON (with `--watch`: one JSON object per line, at every change).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep following the cluster and show it again at every change, until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Runs `patchwork status`.
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client.coordinator).await?;
+    let show = |state: &pb::ClusterState, redraw: bool| {
+        if args.json {
+            println!("{}", cluster_json(state));
+        } else {
+            if redraw {
+                // Clear the terminal and go home, so the table is redrawn in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            print_cluster(state);
+        }
+        let _ = std::io::stdout().flush();
+    };
+    if !args.watch {
+        let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?;
+        show(&state.into_inner(), false);
+        return Ok(());
+    }
+    let mut stream = client.watch_cluster(pb::WatchClusterRequest {}).await.map_err(status_error)?.into_inner();
+    while let Some(state) = stream.message().await.map_err(status_error)? {
+        show(&state, true);
+    }
+    Ok(())
+}
+
+fn worker_status(status: i32) -> &'static str {
+    match pb::WorkerStatus::try_from(status).unwrap_or(pb::WorkerStatus::Unspecified) {
+        pb::WorkerStatus::Idle => "idle",
+        pb::WorkerStatus::Busy => "busy",
+        pb::WorkerStatus::Unhealthy => "unhealthy",
+        pb::WorkerStatus::Unspecified => "unknown",
+    }
+}
+
+/// The cluster as JSON, for scripts: the same fields as the table.
+pub fn cluster_json(state: &pb::ClusterState) -> serde_json::Value {
+    let workers: Vec<serde_json::Value> = state
+        .workers
+        .iter()
+        .map(|w| {
+            let groups: Vec<serde_json::Value> = w
+                .groups
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "index": g.index,
+                        "devices": g.devices,
+                        "healthy": g.healthy,
+                        "failures": g.failures,
+                        "last_error": g.last_error,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "id": w.id,
+                "address": w.address,
+                "model": w.model,
+                "status": worker_status(w.status),
+                "in_flight": w.in_flight,
+                "capacity": w.capacity,
+                "evaluations": w.evaluations,
+                "failures": w.failures,
+                "devices": w.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+                "activity": w.activity,
+                "groups": groups,
+            })
+        })
+        .collect();
+    let role = if state.role.is_empty() { "single" } else { state.role.as_str() };
+    serde_json::json!({
+        "role": role,
+        "leader": state.leader,
+        "term": state.term,
+        "queued_jobs": state.queued_jobs,
+        "running_jobs": state.running_jobs,
+        "models": state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        "workers": workers,
+    })
+}
+
 pub fn print_cluster(state: &pb::ClusterState) {
     match state.role.as_str() {
         "single" | "" => println!("coordinator: single (jobs in memory)"),
@@ -175,12 +270,7 @@ pub fn print_cluster(state: &pb::ClusterState) {
         "ID", "ADDRESS", "MODEL", "STATUS", "SLOTS", "EVALS", "FAILS", "DEVICES"
     );
     for w in &state.workers {
-        let status = match pb::WorkerStatus::try_from(w.status).unwrap_or(pb::WorkerStatus::Unspecified) {
-            pb::WorkerStatus::Idle => "idle",
-            pb::WorkerStatus::Busy => "busy",
-            pb::WorkerStatus::Unhealthy => "unhealthy",
-            pb::WorkerStatus::Unspecified => "unknown",
-        };
+        let status = worker_status(w.status);
         let devices: Vec<&str> = w.devices.iter().map(|d| d.name.as_str()).collect();
         println!(
             "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}",
