@@ -4,6 +4,8 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use patchwork_scenes::{Scene, SceneSampler};
+
 use super::data::{self, Stream};
 use super::recipe::Recipe;
 use crate::model::dit::WanTransformer;
@@ -14,6 +16,9 @@ pub struct Dataset {
     /// `[N, z, F, h, w]`.
     pub latents: Tensor,
     pub captions: Vec<String>,
+    /// `[N, 1, F, h, w]`: each latent position's weight in the loss (see [`object_weights`]); `None`
+    /// weighs all alike.
+    pub weights: Option<Tensor>,
 }
 
 impl Dataset {
@@ -32,6 +37,43 @@ pub struct Batch {
     pub timesteps: Tensor,
     pub target: Tensor,
     pub captions: Vec<String>,
+    /// `[batch, 1, F, h, w]`, or `None` for an unweighted loss.
+    pub weight: Option<Tensor>,
+}
+
+/// Latent frames and pixels per latent position: the Wan VAE keeps frame 0 alone and folds each later
+/// group of four frames into one, and folds 8×8 pixels into one.
+const FRAMES_PER_LATENT: usize = 4;
+const PIXELS_PER_LATENT: usize = 8;
+
+/// The loss weights of the dataset's clips (scene `i` drawn as the latents phase drew it):
+/// `recipe.dit.object_weight` at each latent position whose frames and pixels an object touches, 1
+/// elsewhere. `[count, 1, F, h, w]`.
+pub fn object_weights(recipe: &Recipe, count: usize, device: &Device) -> Result<Tensor> {
+    let sampler = SceneSampler::new(recipe.width, recipe.height);
+    let (f, h, w) = (recipe.frames, recipe.height, recipe.width);
+    let (lf, lh, lw) = ((f - 1) / FRAMES_PER_LATENT + 1, h / PIXELS_PER_LATENT, w / PIXELS_PER_LATENT);
+    let heavy = recipe.dit.object_weight as f32;
+    let mut out = Vec::with_capacity(count * lf * lh * lw);
+    for i in 0..count {
+        let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
+        let video = scene.render(f);
+        // The objects' pixels are those that differ from the background rendered alone.
+        let background = Scene { objects: Vec::new(), ..scene }.render(f);
+        let mut touched = vec![false; lf * lh * lw];
+        for frame in 0..f {
+            let k = frame.div_ceil(FRAMES_PER_LATENT);
+            let (a, b) = (video.frame(frame), background.frame(frame));
+            for (p, (x, y)) in a.chunks_exact(3).zip(b.chunks_exact(3)).enumerate() {
+                if x != y {
+                    let (py, px) = (p / w, p % w);
+                    touched[(k * lh + py / PIXELS_PER_LATENT) * lw + px / PIXELS_PER_LATENT] = true;
+                }
+            }
+        }
+        out.extend(touched.iter().map(|&t| if t { heavy } else { 1.0 }));
+    }
+    Tensor::from_vec(out, (count, 1, lf, lh, lw), device)
 }
 
 /// Draws step `step`'s batch from `data`.
@@ -46,21 +88,63 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
         .zip(draws(2))
         .map(|(&i, u)| if u < r.caption_dropout { String::new() } else { data.captions[i as usize].clone() })
         .collect();
-    let x0 = data.latents.index_select(&Tensor::from_vec(picks, r.batch, device)?, 0)?;
+    let x0 = data.latents.index_select(&Tensor::from_vec(picks.clone(), r.batch, device)?, 0)?;
     let eps = data::normal(data::seed_for(recipe.seed, Stream::DitNoise, step as u64, 0), x0.dims(), device)?;
     let sigma = Tensor::from_vec(sigmas.clone(), (r.batch, 1, 1, 1, 1), device)?;
     let noisy = (x0.broadcast_mul(&(1.0 - &sigma)?)? + eps.broadcast_mul(&sigma)?)?;
     let target = (eps - x0)?;
     let timesteps = Tensor::from_vec(sigmas.iter().map(|s| s * 1000.0).collect::<Vec<_>>(), r.batch, device)?;
-    Ok(Batch { noisy, timesteps, target, captions })
+    let weight = match &data.weights {
+        Some(w) => Some(w.index_select(&Tensor::from_vec(picks, r.batch, device)?, 0)?),
+        None => None,
+    };
+    Ok(Batch { noisy, timesteps, target, captions, weight })
 }
 
-/// The mean squared error of the predicted velocity.
+/// The mean squared error of the predicted velocity, weighted by the batch's weights (normalised by
+/// their mean, so that the loss keeps the unweighted loss's scale).
 pub fn loss(dit: &WanTransformer, text: &TextEncoder, text_len: usize, batch: &Batch) -> Result<(Tensor, f64)> {
     let prompts: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let context = text.encode_prompts(&prompts, text_len).map_err(candle_core::Error::wrap)?;
     let pred = dit.forward(&batch.noisy, &batch.timesteps, &context).map_err(candle_core::Error::wrap)?;
-    let loss = (pred - &batch.target)?.sqr()?.mean_all()?;
+    let sq = (pred - &batch.target)?.sqr()?;
+    let loss = match &batch.weight {
+        Some(w) => sq.broadcast_mul(w)?.mean_all()?.broadcast_div(&w.mean_all()?)?,
+        None => sq.mean_all()?,
+    };
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok((loss, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_weights_mark_the_latent_positions_objects_touch() -> Result<()> {
+        let mut recipe = Recipe::default();
+        recipe.dit.object_weight = 5.0;
+        let weights = object_weights(&recipe, 4, &Device::Cpu)?;
+        assert_eq!(weights.dims(), &[4, 1, 5, 8, 8]);
+        let sampler = SceneSampler::new(recipe.width, recipe.height);
+        for i in 0..4 {
+            let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
+            let w = weights.get(i)?.get(0)?;
+            // Latent frame 0 is pixel frame 0, latent frame 4 ends at pixel frame 16: each object's centre
+            // there is marked.
+            for (latent, frame) in [(0usize, 0.0), (4, 16.0)] {
+                for o in &scene.objects {
+                    let [x, y] = scene.centre(o, frame);
+                    let at: f32 = w.get(latent)?.get(y as usize / 8)?.get(x as usize / 8)?.to_scalar()?;
+                    assert_eq!(at, 5.0, "clip {i}, latent frame {latent}, object at ({x:.1}, {y:.1})");
+                }
+            }
+            // Objects of 14–22 pixels touch a few 8×8 blocks, not the whole frame.
+            let heavy: Vec<f32> = w.get(0)?.flatten_all()?.to_vec1()?;
+            let count = heavy.iter().filter(|&&v| v == 5.0).count();
+            assert!((4..=32).contains(&count), "clip {i}: {count} of 64 positions marked");
+            assert!(heavy.iter().all(|&v| v == 1.0 || v == 5.0));
+        }
+        Ok(())
+    }
 }

@@ -68,6 +68,15 @@ pub struct DitRecipe {
     /// Noise levels are drawn as `shift·u / (1 + (shift − 1)·u)` for uniform `u`: the distribution the
     /// sampler's shifted schedule visits.
     pub shift: f64,
+    /// How much more the latent positions an object touches count in the velocity loss than the
+    /// background's: an object covers one or two transformer tokens of a frame, so an unweighted loss
+    /// is almost all background.
+    #[serde(default = "unweighted")]
+    pub object_weight: f64,
+}
+
+fn unweighted() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +124,7 @@ impl Default for Recipe {
                 clips: 3000,
                 caption_dropout: 0.1,
                 shift: 3.0,
+                object_weight: 1.0,
             },
             text: TextRecipe { d_model: 64, heads: 4, d_kv: 16, d_ff: 128, layers: 2, text_len: 32 },
         }
@@ -172,6 +182,9 @@ impl Recipe {
         }
         if self.vae.object_weight.is_nan() || self.vae.object_weight < 1.0 {
             return Err(format!("vae.object_weight must be at least 1, got {}", self.vae.object_weight));
+        }
+        if self.dit.object_weight.is_nan() || self.dit.object_weight < 1.0 {
+            return Err(format!("dit.object_weight must be at least 1, got {}", self.dit.object_weight));
         }
         if !(0.0..=1.0).contains(&self.vae.object_crops) {
             return Err(format!("vae.object_crops must be in [0, 1], got {}", self.vae.object_crops));

@@ -225,7 +225,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let captions: Vec<String> = read_json(&work.join(CAPTIONS))?;
     let stats = vae::latent_stats(&raw)?;
     let final_vae = served_vae(Some(stats.clone()))?;
-    let dataset = Dataset { latents: final_vae.normalize(&raw)?, captions };
+    let weights =
+        if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &device)?) };
+    let dataset = Dataset { latents: final_vae.normalize(&raw)?, captions, weights };
 
     // Phase 3: the transformer and the text encoder.
     let text_config = r.text_encoder_config(super::tokenizer::SPECIAL.len() + vocabulary.len());
