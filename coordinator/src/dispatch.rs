@@ -10,6 +10,7 @@ use patchwork_shared::pb::{self, worker_service_client::WorkerServiceClient};
 use tonic::transport::Channel;
 use tonic::Code;
 
+use crate::metrics::{Metrics, WorkKind};
 use crate::pool::WorkerPool;
 
 /// Why a piece of work could not be done.
@@ -26,16 +27,28 @@ pub struct Dispatcher {
     pub timeout: Duration,
     /// Attempts per piece of work before its job fails.
     pub max_attempts: u32,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One piece of work, as the dispatcher accounts for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Work<'a> {
+    pub kind: WorkKind,
+    /// The model it needs.
+    pub model: &'a str,
+    /// For logs and errors ("job 3f2a step 4/20 window 1").
+    pub what: &'a str,
+    /// The request's size, sent again with each attempt.
+    pub request_bytes: usize,
 }
 
 impl Dispatcher {
-    /// Runs `call` on a worker serving `model` until it succeeds and `check` accepts the answer.
+    /// Runs `call` on a worker serving `work.model` until it succeeds and `check` accepts the answer.
     /// `check` decodes and validates tensors, so it runs on the blocking pool, not the async runtime.
     /// `on_start(worker, attempt)` is told where each attempt runs.
     pub async fn run<T, R, F, Fut, C>(
         &self,
-        model: &str,
-        what: &str,
+        work: Work<'_>,
         mut fence: pb::Fence,
         on_start: impl Fn(&str, u32),
         call: F,
@@ -45,9 +58,10 @@ impl Dispatcher {
         F: Fn(WorkerServiceClient<Channel>, pb::Fence) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
         C: Fn(&pb::Fence, T) -> Result<R, String> + Send + Sync + 'static,
-        T: Send + 'static,
+        T: prost::Message + Send + 'static,
         R: Send + 'static,
     {
+        let Work { kind, model, what, request_bytes } = work;
         let check = Arc::new(check);
         let mut failed_on: Vec<String> = Vec::new();
         let mut last = String::new();
@@ -57,6 +71,8 @@ impl Dispatcher {
             let lease = self.pool.acquire(model, &failed_on, what).await;
             fence.attempt = attempts;
             on_start(&lease.worker_id, attempts);
+            let started = Instant::now();
+            self.metrics.moved(kind, "sent", request_bytes);
             let outcome = tokio::select! {
                 outcome = tokio::time::timeout(self.timeout, call(lease.client.clone(), fence.clone())) => Some(outcome),
                 // Its lease ran out (cluster mode) or it was reaped: whatever it answers now comes too late.
@@ -67,16 +83,22 @@ impl Dispatcher {
                 failed_on.push(lease.worker_id.clone());
                 last = format!("worker {}: left the cluster", lease.worker_id);
                 attempts += 1;
+                self.failed_attempt(kind, attempts);
                 continue;
             };
             let (error, worker_at_fault) = match outcome {
-                Ok(Ok(response)) => match checked(&check, &fence, response.into_inner()).await {
-                    Ok(result) => {
-                        self.pool.succeeded(&lease.worker_id);
-                        return Ok(result);
+                Ok(Ok(response)) => {
+                    let answer = response.into_inner();
+                    self.metrics.moved(kind, "received", answer.encoded_len());
+                    match checked(&check, &fence, answer).await {
+                        Ok(result) => {
+                            self.metrics.evaluation(kind, Ok(started.elapsed()));
+                            self.pool.succeeded(&lease.worker_id);
+                            return Ok(result);
+                        }
+                        Err(malformed) => (format!("malformed answer: {malformed}"), true),
                     }
-                    Err(malformed) => (format!("malformed answer: {malformed}"), true),
-                },
+                }
                 Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
                     // The worker is full (busy with work someone else gave it, or still finishing an
                     // abandoned request): not a failure, until it has refused for longer than an
@@ -105,8 +127,17 @@ impl Dispatcher {
             failed_on.push(lease.worker_id.clone());
             last = format!("worker {}: {error}", lease.worker_id);
             attempts += 1;
+            self.failed_attempt(kind, attempts);
         }
         Err(DispatchError::Exhausted { what: what.to_string(), attempts, last })
+    }
+
+    /// Accounts for a failed attempt and for the retry that follows it, if any is left.
+    fn failed_attempt(&self, kind: WorkKind, attempts: u32) {
+        self.metrics.evaluation(kind, Err(()));
+        if attempts < self.max_attempts {
+            self.metrics.retried(kind);
+        }
     }
 }
 

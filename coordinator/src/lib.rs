@@ -5,11 +5,13 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod decode;
 pub mod dispatch;
+pub mod metrics;
 pub mod pool;
 pub mod runner;
 pub mod server;
 pub mod service;
 pub mod store;
 pub mod video;
+pub mod web;
 
-pub use server::{run, CoordinatorConfig, CoordinatorError};
+pub use server::{run, run_with_http, CoordinatorConfig, CoordinatorError};

@@ -17,10 +17,13 @@ use patchwork_shared::spec::JobSpec;
 use patchwork_shared::windows::{extract, plan_windows, Fusion, LatentShape, PlanRequest, Span, WindowBox, WindowPlan};
 use patchwork_shared::wire;
 
+use prost::Message;
+
 use crate::checkpoint::{self, Checkpoint};
 use crate::cluster::EtcdJournal;
 use crate::decode::{plan_chunks, Chunk};
-use crate::dispatch::{check_fence, Dispatcher};
+use crate::dispatch::{check_fence, Dispatcher, Work};
+use crate::metrics::WorkKind;
 use crate::store::{Claimed, JobStore};
 use crate::video::{Mp4Writer, RgbFrame};
 
@@ -64,6 +67,11 @@ enum Outcome {
 /// the job is left as it stands: its checkpoint is where the next leader resumes it.
 pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
     tracing::info!(job = %job.id, spec = %job.spec, "job started");
+    let started = Instant::now();
+    if let Some(created) = ctx.store.get(&job.id).map(|j| j.created_ms) {
+        let waited = Duration::from_millis(crate::store::now_ms().saturating_sub(created));
+        ctx.dispatcher.metrics.job_started(&job.spec.model, waited);
+    }
     let result = tokio::select! {
         result = render(&ctx, &job) => result,
         _ = ctx.stop.cancelled() => {
@@ -72,7 +80,8 @@ pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
         }
     };
     let checkpoint = ctx.checkpoint_path(&job.id);
-    record_end(&ctx, &job, result);
+    let state = record_end(&ctx, &job, result);
+    ctx.dispatcher.metrics.job_finished(state, started.elapsed());
     // A finished job needs no checkpoint, once its end is durable; until then a new leader may need it.
     let durable = match &ctx.journal {
         Some(journal) => journal.flush().await,
@@ -83,11 +92,13 @@ pub async fn run_job(ctx: Arc<JobContext>, job: Claimed) {
     }
 }
 
-fn record_end(ctx: &JobContext, job: &Claimed, result: Result<Outcome, String>) {
+/// Records how a job ended, and returns that state.
+fn record_end(ctx: &JobContext, job: &Claimed, result: Result<Outcome, String>) -> pb::JobState {
     match result {
         Ok(Outcome::Done(path, bytes)) => {
             tracing::info!(job = %job.id, path = %path.display(), bytes, "job done");
             ctx.store.finish(&job.id, pb::JobState::Done, None, Some((path, bytes)));
+            pb::JobState::Done
         }
         Ok(Outcome::Cancelled) => {
             tracing::info!(job = %job.id, "job cancelled");
@@ -101,10 +112,12 @@ fn record_end(ctx: &JobContext, job: &Claimed, result: Result<Outcome, String>) 
                 }
             });
             ctx.store.finish(&job.id, pb::JobState::Cancelled, None, None);
+            pb::JobState::Cancelled
         }
         Err(error) => {
             tracing::error!(job = %job.id, %error, "job failed");
             ctx.store.finish(&job.id, pb::JobState::Failed, Some(error), None);
+            pb::JobState::Failed
         }
     }
 }
@@ -194,6 +207,7 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         if job.cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
         }
+        let step_started = Instant::now();
         let timestep = sampler.current_timestep().ok_or("sampler finished early")? as f32;
         let latent_now = Arc::new(latent);
         let evaluations = plan.windows.iter().map(|window| {
@@ -220,11 +234,16 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
                     attempt: 0,
                 };
                 let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
+                let work = Work {
+                    kind: WorkKind::Denoise,
+                    model: &spec.model,
+                    what: &what,
+                    request_bytes: request.encoded_len() + fence.encoded_len(),
+                };
                 let output = ctx
                     .dispatcher
                     .run(
-                        &spec.model,
-                        &what,
+                        work,
                         fence,
                         |worker, attempt| {
                             ctx.store.update(&job.id, |j| {
@@ -291,6 +310,7 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         }
         latent = next;
         sampler = sampler_after;
+        ctx.dispatcher.metrics.step_done(&spec.model, step_started.elapsed());
         if step == first_step && first_step > 0 {
             tracing::info!(job = %job.id, step = step + 1, term = ctx.term, "first step after resuming done");
         }
@@ -381,11 +401,16 @@ async fn decode_and_store(
                 attempt: 0,
             };
             let what = format!("job {} decode chunk {}/{}", job.id, index + 1, chunk_count);
+            let work = Work {
+                kind: WorkKind::Decode,
+                model: &spec.model,
+                what: &what,
+                request_bytes: request.encoded_len() + fence.encoded_len(),
+            };
             let frames = ctx
                 .dispatcher
                 .run(
-                    &spec.model,
-                    &what,
+                    work,
                     fence,
                     |_, _| {},
                     |mut client, fence| {

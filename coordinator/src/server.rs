@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::cluster::Cluster;
 use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 use crate::runner::{run_job, JobContext};
 use crate::service::{Backend, RegistryService, RenderApi};
@@ -138,7 +139,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    run_with_http(config, listener, None, shutdown).await
+}
+
+/// [`run`], and the web page and metrics on `http` (see [`crate::web`]).
+pub async fn run_with_http(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
     config.validate()?;
+    let metrics = Arc::new(Metrics::new());
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| CoordinatorError::DataDir { path: config.data_dir.clone(), source })?;
     let pool = WorkerPool::new(config.heartbeat);
@@ -155,6 +167,7 @@ pub async fn run(
                     pool: pool.clone(),
                     timeout: config.eval_timeout,
                     max_attempts: config.max_attempts,
+                    metrics: metrics.clone(),
                 },
                 data_dir: config.data_dir.clone(),
                 decode_chunk: config.decode_chunk,
@@ -181,7 +194,7 @@ pub async fn run(
                 data_dir = %config.data_dir.display(),
                 "coordinator starting in cluster mode (jobs in etcd; campaigning for leadership)"
             );
-            let cluster = Cluster::new(client, pool.clone(), config.clone(), etcd.ttl, advertise);
+            let cluster = Cluster::new(client, pool.clone(), config.clone(), etcd.ttl, advertise, metrics.clone());
             cluster.start(&shutdown);
             Backend::Cluster(cluster)
         }
@@ -200,8 +213,17 @@ pub async fn run(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let render = RenderServiceServer::new(RenderApi::new(backend, pool.clone()))
-        .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
+    let api = RenderApi::new(backend, pool.clone());
+    let web = match http {
+        Some(http) => {
+            let address = http.local_addr().map_err(CoordinatorError::Listener)?;
+            tracing::info!(%address, "web page and metrics listening");
+            let router = crate::web::router(api.clone(), metrics);
+            Some(tokio::spawn(patchwork_shared::metrics::serve_http(http, router, shutdown.clone())))
+        }
+        None => None,
+    };
+    let render = RenderServiceServer::new(api).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
     let registry = WorkerRegistryServer::new(RegistryService { pool });
     tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "coordinator listening");
     let result = tonic::transport::Server::builder()
@@ -213,6 +235,9 @@ pub async fn run(
         .await;
     shutdown.cancel();
     reaper.abort();
+    if let Some(web) = web {
+        let _ = tokio::time::timeout(Duration::from_secs(2), web).await;
+    }
     // Give the election key and the workers' connections a moment to be released cleanly.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(result?)

@@ -2,6 +2,8 @@
 //! specs, model geometry, window planning and fusion, the tensor wire codec and flow-matching samplers.
 
 pub mod cluster;
+pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod noise;
 pub mod pb;

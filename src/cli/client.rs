@@ -62,18 +62,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-pub fn state_name(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Unspecified => "unknown",
-        pb::JobState::Queued => "queued",
-        pb::JobState::EncodingPrompts => "encoding prompts",
-        pb::JobState::Denoising => "denoising",
-        pb::JobState::Decoding => "decoding",
-        pb::JobState::Done => "done",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-    }
-}
+pub use patchwork_shared::json::{cluster_json, state_name, worker_status};
 
 /// Follows a job to its end with a progress bar (or plain lines when `quiet_bar`), and returns its last
 /// state.
@@ -200,61 +189,6 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         show(&state, true);
     }
     Ok(())
-}
-
-fn worker_status(status: i32) -> &'static str {
-    match pb::WorkerStatus::try_from(status).unwrap_or(pb::WorkerStatus::Unspecified) {
-        pb::WorkerStatus::Idle => "idle",
-        pb::WorkerStatus::Busy => "busy",
-        pb::WorkerStatus::Unhealthy => "unhealthy",
-        pb::WorkerStatus::Unspecified => "unknown",
-    }
-}
-
-/// The cluster as JSON, for scripts: the same fields as the table.
-pub fn cluster_json(state: &pb::ClusterState) -> serde_json::Value {
-    let workers: Vec<serde_json::Value> = state
-        .workers
-        .iter()
-        .map(|w| {
-            let groups: Vec<serde_json::Value> = w
-                .groups
-                .iter()
-                .map(|g| {
-                    serde_json::json!({
-                        "index": g.index,
-                        "devices": g.devices,
-                        "healthy": g.healthy,
-                        "failures": g.failures,
-                        "last_error": g.last_error,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "id": w.id,
-                "address": w.address,
-                "model": w.model,
-                "status": worker_status(w.status),
-                "in_flight": w.in_flight,
-                "capacity": w.capacity,
-                "evaluations": w.evaluations,
-                "failures": w.failures,
-                "devices": w.devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
-                "activity": w.activity,
-                "groups": groups,
-            })
-        })
-        .collect();
-    let role = if state.role.is_empty() { "single" } else { state.role.as_str() };
-    serde_json::json!({
-        "role": role,
-        "leader": state.leader,
-        "term": state.term,
-        "queued_jobs": state.queued_jobs,
-        "running_jobs": state.running_jobs,
-        "models": state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
-        "workers": workers,
-    })
 }
 
 pub fn print_cluster(state: &pb::ClusterState) {

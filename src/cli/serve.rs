@@ -62,6 +62,10 @@ pub struct CoordinatorArgs {
     /// [default: the listener's, with 127.0.0.1 for a wildcard].
     #[arg(long, env = "PATCHWORK_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Serve the web page (cluster, queue, running jobs, finished videos) and Prometheus `/metrics` over
+    /// HTTP on this address [default: off].
+    #[arg(long, env = "PATCHWORK_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Cluster mode: membership, leadership and jobs in etcd.
@@ -159,6 +163,9 @@ pub struct WorkerArgs {
     /// The address the coordinator should use to reach this worker [default: the listener's].
     #[arg(long, env = "PATCHWORK_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Serve Prometheus `/metrics` over HTTP on this address [default: off].
+    #[arg(long, env = "PATCHWORK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The devices this worker owns: `cpu`, `cpu:N` (N CPU ranks) or `cuda:0,1,2,3`.
     #[arg(long, env = "PATCHWORK_DEVICES", default_value = "cpu")]
     pub devices: DeviceList,
@@ -238,9 +245,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // The first line on stdout, for scripts and tests that bind port 0.
     println!("coordinator listening on {}", listener.local_addr()?);
+    let http = bind_http(args.http_listen, "web page and metrics").await?;
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
-    patchwork_coordinator::run(config, listener, shutdown).await?;
+    patchwork_coordinator::run_with_http(config, listener, http, shutdown).await?;
     Ok(())
 }
 
@@ -267,6 +275,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     println!("worker listening on {}", listener.local_addr()?);
+    let metrics = bind_http(args.metrics_listen, "metrics").await?;
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let local = listener.local_addr()?;
@@ -286,6 +295,16 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         capacity: args.capacity.unwrap_or(1),
         devices: vec!["cpu".into()],
     };
-    patchwork_worker::run::run(config, evaluator, listener, shutdown).await?;
+    patchwork_worker::run::run_with_metrics(config, evaluator, listener, metrics, shutdown).await?;
     Ok(())
+}
+
+/// Binds an optional HTTP listener and says where, on the line after the gRPC listener's (`what on
+/// http://ADDR`), for scripts and tests that bind port 0.
+async fn bind_http(address: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    let Some(address) = address else { return Ok(None) };
+    let listener =
+        TcpListener::bind(address).await.with_context(|| format!("listening on {address} for the {what}"))?;
+    println!("{what} on http://{}", listener.local_addr()?);
+    Ok(Some(listener))
 }

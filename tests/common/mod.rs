@@ -19,6 +19,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_patchwork");
 pub struct Proc {
     pub child: Child,
     pub address: String,
+    /// The lines it printed after the first.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -30,6 +32,19 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The next line it prints on stdout (after the first, which gave its address).
+    pub fn next_line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(60)).expect("patchwork printed no further line")
+    }
+
+    /// The address an HTTP listener reports on its own line (`... on http://ADDR`).
+    pub fn http_address(&self) -> String {
+        let line = self.next_line();
+        let address = line.rsplit(' ').next().unwrap_or_default();
+        assert!(address.starts_with("http://"), "not an HTTP address line: {line:?}");
+        address.trim_start_matches("http://").to_string()
     }
 }
 
@@ -62,19 +77,18 @@ pub fn spawn_logged(args: &[&str], log: Option<&Path>) -> Proc {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
+        // Every line is passed on (nobody may read them); draining keeps the child from blocking on a
+        // full pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
-        // Keep draining so that the child never blocks on a full pipe.
-        for _ in lines {}
     });
     let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
         let _ = child.kill();
         panic!("patchwork {args:?} did not report its address");
     });
     let address = line.rsplit(' ').next().unwrap_or_default().to_string();
-    Proc { child, address: format!("http://{address}") }
+    Proc { child, address: format!("http://{address}"), lines: rx }
 }
 
 /// A coordinator with quick heartbeats and its data in `data_dir`; `extra` flags are appended.

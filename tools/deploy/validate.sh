@@ -84,6 +84,9 @@ echo "kubectl: $KUBECTL ($(sed -n 's/^Client Version: //p' <<<"$kubectl_version"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1 | tail -n 1), schemas of Kubernetes $K8S_VERSIONS"
 
 # --- The checker checks itself --------------------------------------------------------------------------------
+step "Grafana dashboard"
+python3 tools/deploy/dashboard.py --check
+
 step "check_invariants.py --self-test"
 "$PY" tools/deploy/check_invariants.py --self-test
 

@@ -5,6 +5,7 @@ pub mod collective;
 pub mod engine;
 pub mod group;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod service;

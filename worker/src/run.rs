@@ -52,6 +52,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    run_with_metrics(config, evaluator, listener, None, shutdown).await
+}
+
+/// [`run`], and Prometheus metrics on `metrics` (`/metrics`).
+pub async fn run_with_metrics(
+    config: WorkerConfig,
+    evaluator: Arc<dyn Evaluator>,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let local = listener.local_addr()?;
     let advertise = config.advertise.clone().unwrap_or_else(|| {
         // A wildcard listener is reached through loopback unless told otherwise (`--advertise`).
@@ -60,6 +71,14 @@ pub async fn run(
     });
     let service = WorkerService::new(evaluator.clone(), config.capacity.max(1), config.devices.clone());
     let description = service.description().clone();
+    let metrics_server = match metrics {
+        Some(metrics) => {
+            tracing::info!(address = %metrics.local_addr()?, "metrics listening");
+            let router = crate::metrics::router(service.metrics());
+            Some(tokio::spawn(patchwork_shared::metrics::serve_http(metrics, router, shutdown.clone())))
+        }
+        None => None,
+    };
     let groups: GroupReport = {
         let evaluator = evaluator.clone();
         Arc::new(move || evaluator.shard_groups().unwrap_or_default())
@@ -101,6 +120,9 @@ pub async fn run(
     shutdown.cancel();
     // Leaving etcd deletes the registration at once, rather than after the lease's TTL.
     let _ = tokio::time::timeout(Duration::from_secs(5), membership).await;
+    if let Some(server) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
     Ok(result?)
 }
 

@@ -8,14 +8,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use patchwork_shared::pb::{self, worker_service_server};
 use patchwork_shared::wire;
+use prost::Message;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{DecodeInput, DenoiseInput, Evaluator};
 use crate::membership::{Gate, Ticket};
+use crate::metrics::WorkerMetrics;
 use crate::model::ModelError;
 
 /// Serves one evaluator with `capacity` evaluations at a time.
@@ -27,6 +30,7 @@ pub struct WorkerService {
     gate: Arc<Gate>,
     /// The newest coordinator term seen in a fence.
     term: Arc<AtomicU64>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 /// What a request was admitted under, checked again before its result goes out.
@@ -72,9 +76,12 @@ impl WorkerService {
             devices: devices.iter().map(|name| pb::Device { name: name.clone() }).collect(),
             groups,
         };
+        let slots = Arc::new(Semaphore::new(capacity));
+        let metrics = Arc::new(WorkerMetrics::new(evaluator.clone(), slots.clone(), capacity, devices));
         Self {
             evaluator,
-            slots: Arc::new(Semaphore::new(capacity)),
+            slots,
+            metrics,
             description,
             evaluations: AtomicU64::new(0),
             gate: Gate::always_open(),
@@ -103,6 +110,10 @@ impl WorkerService {
 
     pub fn description(&self) -> &pb::WorkerDescription {
         &self.description
+    }
+
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -176,7 +187,22 @@ impl worker_service_server::WorkerService for WorkerService {
     }
 
     async fn denoise(&self, request: Request<pb::DenoiseRequest>) -> Result<Response<pb::DenoiseResponse>, Status> {
-        let req = request.into_inner();
+        let (received, started) = (request.get_ref().encoded_len(), Instant::now());
+        let answer = self.denoise_now(request.into_inner()).await;
+        self.metrics.answered("denoise", received, &answer, started.elapsed());
+        answer.map(Response::new)
+    }
+
+    async fn decode(&self, request: Request<pb::DecodeRequest>) -> Result<Response<pb::DecodeResponse>, Status> {
+        let (received, started) = (request.get_ref().encoded_len(), Instant::now());
+        let answer = self.decode_now(request.into_inner()).await;
+        self.metrics.answered("decode", received, &answer, started.elapsed());
+        answer.map(Response::new)
+    }
+}
+
+impl WorkerService {
+    async fn denoise_now(&self, req: pb::DenoiseRequest) -> Result<pb::DenoiseResponse, Status> {
         let admission = self.admit(req.fence.as_ref())?;
         let slot = self.slot()?;
         let (shape, latent) = self.latent(req.latent.as_ref())?;
@@ -193,11 +219,10 @@ impl worker_service_server::WorkerService for WorkerService {
         };
         tracing::debug!(fence = ?req.fence, ?shape, "denoise");
         let output = self.run(slot, admission, move |e| e.denoise(&input)).await?;
-        Ok(Response::new(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) }))
+        Ok(pb::DenoiseResponse { fence: req.fence, output: Some(wire::f32_tensor(&shape, &output)) })
     }
 
-    async fn decode(&self, request: Request<pb::DecodeRequest>) -> Result<Response<pb::DecodeResponse>, Status> {
-        let req = request.into_inner();
+    async fn decode_now(&self, req: pb::DecodeRequest) -> Result<pb::DecodeResponse, Status> {
         let admission = self.admit(req.fence.as_ref())?;
         let slot = self.slot()?;
         let (shape, latent) = self.latent(req.latent.as_ref())?;
@@ -211,10 +236,7 @@ impl worker_service_server::WorkerService for WorkerService {
         let input = DecodeInput { shape, latent, context_frames };
         tracing::debug!(fence = ?req.fence, ?shape, "decode");
         let frames = self.run(slot, admission, move |e| e.decode(&input)).await?;
-        Ok(Response::new(pb::DecodeResponse {
-            fence: req.fence,
-            frames: Some(wire::u8_tensor(&frames.shape, frames.data)),
-        }))
+        Ok(pb::DecodeResponse { fence: req.fence, frames: Some(wire::u8_tensor(&frames.shape, frames.data)) })
     }
 }
 

@@ -125,6 +125,7 @@ async fn lead_term(cluster: Arc<Cluster>, lead: Leadership, term_over: Cancellat
             pool: cluster.pool.clone(),
             timeout: cluster.config.eval_timeout,
             max_attempts: cluster.config.max_attempts,
+            metrics: cluster.metrics.clone(),
         },
         data_dir: cluster.config.data_dir.clone(),
         decode_chunk: cluster.config.decode_chunk,

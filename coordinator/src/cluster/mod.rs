@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use jobs::Leadership;
 pub use journal::EtcdJournal;
 
+use crate::metrics::Metrics;
 use crate::pool::WorkerPool;
 use crate::server::CoordinatorConfig;
 use crate::store::JobStore;
@@ -52,6 +53,7 @@ pub struct Cluster {
     /// This coordinator's client address, as followers pass it on.
     pub advertise: String,
     pub role: watch::Sender<RoleView>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -67,8 +69,9 @@ impl Cluster {
         config: CoordinatorConfig,
         ttl: Duration,
         advertise: String,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Self { client, pool, config, ttl, advertise, role: watch::channel(RoleView::default()).0 })
+        Arc::new(Self { client, pool, config, ttl, advertise, role: watch::channel(RoleView::default()).0, metrics })
     }
 
     /// Starts following membership, watching who leads, and campaigning.

@@ -84,7 +84,7 @@ impl RenderApi {
         format!("{:012x}{:04x}", (nanos / 1000) as u64 & 0xffff_ffff_ffff, n & 0xffff)
     }
 
-    async fn job(&self, id: &str) -> Result<pb::Job, Status> {
+    pub async fn job(&self, id: &str) -> Result<pb::Job, Status> {
         if id.is_empty() {
             return Err(FieldError::new("job_id", "must not be empty").into());
         }
@@ -96,8 +96,26 @@ impl RenderApi {
         found.ok_or_else(|| Status::not_found(format!("job_id: no job {id:?}")))
     }
 
+    /// Where a finished job's video is: NOT_FOUND for no such job, FAILED_PRECONDITION for one that has
+    /// none (yet).
+    pub async fn video_path(&self, id: &str) -> Result<std::path::PathBuf, Status> {
+        let job = self.job(id).await?;
+        Ok(match self.view() {
+            View::Local(store) => store.video(id)?,
+            View::Leader(_, term) => term.store.video(id)?,
+            View::Follower(cluster, _) => {
+                if job.state != pb::JobState::Done as i32 {
+                    let state = pb::JobState::try_from(job.state).map_or("unknown", |s| s.as_str_name());
+                    return Err(Status::failed_precondition(format!("job {id} has no video (state {state})")));
+                }
+                // Coordinators share the data directory (a ReadWriteMany volume): checkpoints and videos.
+                cluster.config.data_dir.join("videos").join(format!("{id}.mp4"))
+            }
+        })
+    }
+
     /// Every job in `states` (all when empty), newest first.
-    async fn jobs(&self, states: &[i32]) -> Result<Vec<pb::Job>, Status> {
+    pub async fn jobs(&self, states: &[i32]) -> Result<Vec<pb::Job>, Status> {
         match self.view() {
             View::Local(store) => Ok(store.list(states)),
             View::Leader(_, term) => Ok(term.store.list(states)),
@@ -335,19 +353,7 @@ impl RenderService for RenderApi {
         request: Request<pb::FetchVideoRequest>,
     ) -> Result<Response<Self::FetchVideoStream>, Status> {
         let id = request.into_inner().job_id;
-        let job = self.job(&id).await?;
-        let path = match self.view() {
-            View::Local(store) => store.video(&id)?,
-            View::Leader(_, term) => term.store.video(&id)?,
-            View::Follower(cluster, _) => {
-                if job.state != pb::JobState::Done as i32 {
-                    let state = pb::JobState::try_from(job.state).map_or("unknown", |s| s.as_str_name());
-                    return Err(Status::failed_precondition(format!("job {id} has no video (state {state})")));
-                }
-                // Coordinators share the data directory (a ReadWriteMany volume): checkpoints and videos.
-                cluster.config.data_dir.join("videos").join(format!("{id}.mp4"))
-            }
-        };
+        let path = self.video_path(&id).await?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Status::internal(format!("job {id}: reading its video: {e}")))?;
