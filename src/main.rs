@@ -167,13 +167,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(args) => cli::serve::worker(*args).await,
         Command::Submit(args) => submit(args).await,
         Command::Watch(args) => {
-            let mut client = connect(&args.client.coordinator).await?;
+            let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
             let job = follow(&mut client, &args.job_id, true).await?;
             println!("{} {}{}", job.id, state_name(job.state), failure(&job));
             Ok(())
         }
         Command::Cancel(args) => {
-            let mut client = connect_leader(&args.client.coordinator).await?;
+            let mut client = connect_leader(&args.client.coordinator, args.client.api_token.as_deref()).await?;
             let job = client
                 .cancel_job(pb::CancelJobRequest { job_id: args.job_id })
                 .await
@@ -184,7 +184,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Jobs(args) => {
             let states = args.state.iter().map(|s| parse_state(s)).collect::<anyhow::Result<Vec<i32>>>()?;
-            let mut client = connect(&args.client.coordinator).await?;
+            let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
             let jobs = client
                 .list_jobs(pb::ListJobsRequest { states, page_size: args.limit, page_token: String::new() })
                 .await
@@ -195,7 +195,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status(args) => cli::client::status(&args).await,
         Command::Fetch(args) => {
-            let mut client = connect(&args.client.coordinator).await?;
+            let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
             let bytes = fetch_to(&mut client, &args.job_id, &args.output).await?;
             eprintln!("wrote {} ({bytes} bytes)", args.output.display());
             Ok(())
@@ -223,7 +223,7 @@ fn parse_state(name: &str) -> anyhow::Result<i32> {
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let mut client = connect_leader(&args.client.coordinator).await?;
+    let mut client = connect_leader(&args.client.coordinator, args.client.api_token.as_deref()).await?;
     let spec = args.spec.to_spec(&args.model)?;
     let response = client
         .submit_job(pb::SubmitJobRequest { spec: Some(spec), request_id: args.request_id })

@@ -290,3 +290,61 @@ fn dashboard_queries_exported_metrics(expositions: &[&str]) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_guards_the_api_worker_registration_and_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret";
+    let coord = coordinator(&dir.path().join("data"), &["--http-listen", "127.0.0.1:0", "--api-token", token]);
+    let web = coord.http_address();
+    let _worker = worker(&coord, &["--load-test-delay", "10ms", "--api-token", token]);
+    let _intruder = worker(&coord, &["--load-test-delay", "10ms", "--api-token", "guess"]);
+    let status = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["status", "--json", "--coordinator", &coord.address]).env_remove("PATCHWORK_API_TOKEN");
+        if let Some(token) = token {
+            command.args(["--api-token", token]);
+        }
+        let out = command.output().expect("running patchwork status");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Without the token, or with another, the client API answers UNAUTHENTICATED.
+    let (ok, _, stderr) = status(None);
+    assert!(!ok && stderr.contains("Unauthenticated") && stderr.contains("needs an API token"), "{stderr}");
+    let (ok, _, stderr) = status(Some("guess"));
+    assert!(!ok && stderr.contains("the API token is wrong"), "{stderr}");
+
+    // With it, the cluster shows the worker that sent it, and never the one that guessed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, stdout, stderr) = status(Some(token));
+        assert!(ok, "{stderr}");
+        let cluster: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        if cluster["workers"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker with the token did not register: {stdout}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, stdout, _) = status(Some(token));
+    let cluster: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(cluster["workers"].as_array().unwrap().len(), 1, "a worker registered without the token: {stdout}");
+
+    // The page asks a browser for the token as a password; Bearer works too. /metrics and health stay open.
+    let (code, headers, _) = get(&web, "/", &[]);
+    assert_eq!(code, 401);
+    assert!(headers.iter().any(|(n, v)| n == "www-authenticate" && v.starts_with("Basic")), "{headers:?}");
+    assert_eq!(get(&web, "/api/cluster", &[("Authorization", "Bearer guess")]).0, 401);
+    assert_eq!(get(&web, "/api/cluster", &[("Authorization", "Bearer s3cret")]).0, 200);
+    // "anyone:s3cret"
+    assert_eq!(get(&web, "/", &[("Authorization", "Basic YW55b25lOnMzY3JldA==")]).0, 200);
+    assert_eq!(get(&web, "/videos/x.mp4", &[]).0, 401);
+    assert_eq!(get(&web, "/metrics", &[]).0, 200);
+    assert_eq!(health(&coord.address, "").await, Ok(1));
+}

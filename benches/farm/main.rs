@@ -251,6 +251,7 @@ impl Farm {
                 advertise,
                 capacity: 1,
                 devices: vec!["cpu".into()],
+                api_token: Default::default(),
             };
             let stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -226,6 +226,7 @@ async fn start_farm() -> anyhow::Result<Farm> {
         advertise: None,
         capacity: 1,
         devices: vec!["cpu".into()],
+        api_token: Default::default(),
     };
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {

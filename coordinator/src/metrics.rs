@@ -167,17 +167,17 @@ impl Metrics {
         // first event.
         for kind in [WorkKind::Denoise, WorkKind::Decode].map(WorkKind::label) {
             for outcome in ["ok", "failed"] {
-                m.evaluations.get_or_create(&[("kind", kind), ("outcome", outcome)]);
+                m.evaluations.get_or_create_owned(&[("kind", kind), ("outcome", outcome)]);
             }
-            m.retries.get_or_create(&[("kind", kind)]);
-            m.evaluation_duration.get_or_create(&[("kind", kind)]);
+            m.retries.get_or_create_owned(&[("kind", kind)]);
+            m.evaluation_duration.get_or_create_owned(&[("kind", kind)]);
             for direction in ["sent", "received"] {
-                m.bytes.get_or_create(&[("direction", direction), ("kind", kind)]);
+                m.bytes.get_or_create_owned(&[("direction", direction), ("kind", kind)]);
             }
         }
         for state in ["done", "failed", "cancelled"] {
-            m.jobs_finished.get_or_create(&[("state", state)]);
-            m.job_duration.get_or_create(&[("state", state)]);
+            m.jobs_finished.get_or_create_owned(&[("state", state)]);
+            m.job_duration.get_or_create_owned(&[("state", state)]);
         }
         Metrics { registry, ..m }
     }

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use patchwork_shared::auth::RequireToken;
 use patchwork_shared::pb::render_service_server::RenderServiceServer;
 use patchwork_shared::pb::worker_registry_server::WorkerRegistryServer;
 use patchwork_shared::pb::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -60,6 +62,9 @@ pub struct CoordinatorConfig {
     /// The address clients use to reach this coordinator (followers name the leader by it); default the
     /// listener's own.
     pub advertise: Option<String>,
+    /// The token clients and workers must send (the client API, worker registration, the web page);
+    /// health, reflection and `/metrics` stay open. None: everyone is let in.
+    pub api_token: RequireToken,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +88,7 @@ impl Default for CoordinatorConfig {
             checkpoint_interval: None,
             etcd: None,
             advertise: None,
+            api_token: RequireToken::default(),
         }
     }
 }
@@ -218,13 +224,20 @@ pub async fn run_with_http(
         Some(http) => {
             let address = http.local_addr().map_err(CoordinatorError::Listener)?;
             tracing::info!(%address, "web page and metrics listening");
-            let router = crate::web::router(api.clone(), metrics);
+            let router = crate::web::router(api.clone(), metrics, config.api_token.clone());
             Some(tokio::spawn(patchwork_shared::metrics::serve_http(http, router, shutdown.clone())))
         }
         None => None,
     };
-    let render = RenderServiceServer::new(api).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES);
-    let registry = WorkerRegistryServer::new(RegistryService { pool });
+    if config.api_token.is_required() {
+        tracing::info!("clients and workers must send the API token");
+    }
+    let render = InterceptedService::new(
+        RenderServiceServer::new(api).max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        config.api_token.clone(),
+    );
+    let registry =
+        InterceptedService::new(WorkerRegistryServer::new(RegistryService { pool }), config.api_token.clone());
     tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "coordinator listening");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -1,6 +1,7 @@
 //! Types and pure logic shared by the coordinator and the workers: the generated gRPC code, validated job
 //! specs, model geometry, window planning and fusion, the tensor wire codec and flow-matching samplers.
 
+pub mod auth;
 pub mod cluster;
 pub mod json;
 pub mod metrics;

@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use patchwork_shared::auth::SendToken;
 use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Args)]
@@ -15,23 +17,30 @@ pub struct ClientArgs {
     /// (reads go to the first that answers, writes to the leader).
     #[arg(long, env = "PATCHWORK_COORDINATOR", default_value = "http://127.0.0.1:7600")]
     pub coordinator: String,
+    /// The coordinator's API token, if it was started with one.
+    #[arg(long, env = "PATCHWORK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
-async fn connect_one(address: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+/// A client of the render API that sends the API token, if any.
+pub type Client = RenderServiceClient<InterceptedService<Channel, SendToken>>;
+
+async fn connect_one(address: &str, token: &SendToken) -> anyhow::Result<Client> {
     let channel = tonic::transport::Endpoint::from_shared(address.to_string())
         .with_context(|| format!("coordinator address {address:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {address}"))?;
-    Ok(RenderServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(RenderServiceClient::with_interceptor(channel, token.clone()).max_decoding_message_size(64 << 20))
 }
 
 /// The first coordinator of a comma-separated list that accepts a connection.
-pub async fn connect(addresses: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+pub async fn connect(addresses: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    let token = SendToken::new(token).map_err(anyhow::Error::msg)?;
     let mut last = None;
     for address in addresses.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        match connect_one(address).await {
+        match connect_one(address, &token).await {
             Ok(client) => return Ok(client),
             Err(e) => last = Some(e),
         }
@@ -41,13 +50,15 @@ pub async fn connect(addresses: &str) -> anyhow::Result<RenderServiceClient<Chan
 
 /// The leading coordinator, for writes: any coordinator says who leads (a follower refuses writes). Waits
 /// up to 30 s while an election is under way.
-pub async fn connect_leader(addresses: &str) -> anyhow::Result<RenderServiceClient<Channel>> {
+pub async fn connect_leader(addresses: &str, token: Option<&str>) -> anyhow::Result<Client> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let mut client = connect(addresses).await?;
+        let mut client = connect(addresses, token).await?;
         let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?.into_inner();
         match state.role.as_str() {
-            "follower" if !state.leader.is_empty() => return connect_one(&state.leader).await,
+            "follower" if !state.leader.is_empty() => {
+                return connect_one(&state.leader, &SendToken::new(token).map_err(anyhow::Error::msg)?).await
+            }
             "follower" if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
@@ -66,11 +77,7 @@ pub use patchwork_shared::json::{cluster_json, state_name, worker_status};
 
 /// Follows a job to its end with a progress bar (or plain lines when `quiet_bar`), and returns its last
 /// state.
-pub async fn follow(
-    client: &mut RenderServiceClient<Channel>,
-    job_id: &str,
-    show_bar: bool,
-) -> anyhow::Result<pb::Job> {
+pub async fn follow(client: &mut Client, job_id: &str, show_bar: bool) -> anyhow::Result<pb::Job> {
     let mut stream =
         client.watch_job(pb::WatchJobRequest { job_id: job_id.to_string() }).await.map_err(status_error)?.into_inner();
     let bar = if show_bar { ProgressBar::new(1) } else { ProgressBar::hidden() };
@@ -100,7 +107,7 @@ pub async fn follow(
 }
 
 /// Streams a finished job's video into `path` (through a temporary file beside it).
-pub async fn fetch_to(client: &mut RenderServiceClient<Channel>, job_id: &str, path: &Path) -> anyhow::Result<u64> {
+pub async fn fetch_to(client: &mut Client, job_id: &str, path: &Path) -> anyhow::Result<u64> {
     let mut stream = client
         .fetch_video(pb::FetchVideoRequest { job_id: job_id.to_string() })
         .await
@@ -166,7 +173,7 @@ pub struct StatusArgs {
 
 /// Runs `patchwork status`.
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.client.coordinator).await?;
+    let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
     let show = |state: &pb::ClusterState, redraw: bool| {
         if args.json {
             println!("{}", cluster_json(state));

@@ -52,6 +52,7 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
         advertise: None,
         capacity: 1,
         devices: vec!["cpu".into()],
+        api_token: Default::default(),
     };
     let worker = tokio::spawn(patchwork_worker::run::run(worker_config, engine, worker_listener, shutdown.clone()));
 
@@ -63,7 +64,7 @@ pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
 }
 
 async fn submit_and_fetch(address: &str, args: &RenderArgs, model_name: &str) -> anyhow::Result<()> {
-    let mut client = connect(address).await?;
+    let mut client = connect(address, None).await?;
     // The worker registers in the background; a job for its model is refused until it has.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {

@@ -66,6 +66,11 @@ pub struct CoordinatorArgs {
     /// HTTP on this address [default: off].
     #[arg(long, env = "PATCHWORK_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// A token that clients, workers registering and the web page must send (`authorization: Bearer
+    /// TOKEN`; in a browser, the password) [default: none, everyone is let in]. Health checks, reflection
+    /// and /metrics stay open.
+    #[arg(long, env = "PATCHWORK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
 }
 
 /// Cluster mode: membership, leadership and jobs in etcd.
@@ -106,6 +111,7 @@ impl CoordinatorArgs {
             checkpoint_interval: self.checkpoint_interval,
             etcd,
             advertise: self.advertise.clone(),
+            api_token: patchwork_shared::auth::RequireToken::new(self.api_token.as_deref()),
         })
     }
 }
@@ -166,6 +172,10 @@ pub struct WorkerArgs {
     /// Serve Prometheus `/metrics` over HTTP on this address [default: off].
     #[arg(long, env = "PATCHWORK_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The coordinator's API token, sent when registering (single-coordinator mode; with etcd, workers
+    /// register there).
+    #[arg(long, env = "PATCHWORK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// The devices this worker owns: `cpu`, `cpu:N` (N CPU ranks) or `cuda:0,1,2,3`.
     #[arg(long, env = "PATCHWORK_DEVICES", default_value = "cpu")]
     pub devices: DeviceList,
@@ -294,6 +304,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         advertise: args.advertise.clone(),
         capacity: args.capacity.unwrap_or(1),
         devices: vec!["cpu".into()],
+        api_token: patchwork_shared::auth::SendToken::new(args.api_token.as_deref()).map_err(anyhow::Error::msg)?,
     };
     patchwork_worker::run::run_with_metrics(config, evaluator, listener, metrics, shutdown).await?;
     Ok(())

@@ -96,11 +96,11 @@ impl WorkerMetrics {
         // first request.
         for kind in ["denoise", "decode"] {
             for outcome in ["ok", "refused", "invalid", "fenced", "failed"] {
-                m.evaluations.get_or_create(&[("kind", kind), ("outcome", outcome)]);
+                m.evaluations.get_or_create_owned(&[("kind", kind), ("outcome", outcome)]);
             }
-            m.duration.get_or_create(&[("kind", kind)]);
+            m.duration.get_or_create_owned(&[("kind", kind)]);
             for direction in ["received", "sent"] {
-                m.bytes.get_or_create(&[("direction", direction), ("kind", kind)]);
+                m.bytes.get_or_create_owned(&[("direction", direction), ("kind", kind)]);
             }
         }
         WorkerMetrics { registry, ..m }

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use patchwork_shared::auth::SendToken;
 use patchwork_shared::pb::worker_registry_client::WorkerRegistryClient;
 use patchwork_shared::pb::{self, worker_service_server::WorkerServiceServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
@@ -31,6 +33,8 @@ pub struct WorkerConfig {
     pub capacity: usize,
     /// Device names to report.
     pub devices: Vec<String>,
+    /// Sent with registrations and heartbeats to a coordinator that requires a token.
+    pub api_token: SendToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,8 @@ pub async fn run_with_metrics(
                 .connect_timeout(Duration::from_secs(5));
             let register = pb::RegisterRequest { address: advertise.clone(), description: Some(description) };
             tracing::info!(%advertise, coordinator = %config.coordinator, "worker listening");
-            (service, tokio::spawn(keep_registered(endpoint.connect_lazy(), register, groups, shutdown.clone())))
+            let client = WorkerRegistryClient::with_interceptor(endpoint.connect_lazy(), config.api_token.clone());
+            (service, tokio::spawn(keep_registered(client, register, groups, shutdown.clone())))
         }
     };
     let server = WorkerServiceServer::new(service)
@@ -129,12 +134,11 @@ pub async fn run_with_metrics(
 /// Registers, then heartbeats at the interval the coordinator asks for; registers again whenever the
 /// coordinator has forgotten this worker or cannot be reached.
 async fn keep_registered(
-    channel: Channel,
+    mut client: WorkerRegistryClient<InterceptedService<Channel, SendToken>>,
     request: pb::RegisterRequest,
     groups: GroupReport,
     shutdown: CancellationToken,
 ) {
-    let mut client = WorkerRegistryClient::new(channel);
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let registered = match client.register(request.clone()).await {

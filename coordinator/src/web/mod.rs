@@ -22,6 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use patchwork_shared::auth::RequireToken;
 use patchwork_shared::json::{cluster_json, job_json};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::Code;
@@ -41,16 +42,30 @@ struct Web {
     metrics: Arc<Metrics>,
 }
 
-/// The routes above, over `api`.
-pub fn router(api: RenderApi, metrics: Arc<Metrics>) -> Router {
-    Router::new()
+/// The routes above, over `api`. With a token, everything but `/metrics` asks for it: `Authorization:
+/// Bearer TOKEN`, or HTTP Basic with the token as the password, which a browser asks its user for.
+pub fn router(api: RenderApi, metrics: Arc<Metrics>, token: RequireToken) -> Router {
+    let guarded = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/cluster", get(cluster))
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
         .route("/videos/{file}", get(video))
-        .route("/metrics", get(metrics_text))
-        .with_state(Web { api, metrics })
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    guarded.route("/metrics", get(metrics_text)).with_state(Web { api, metrics })
+}
+
+async fn require_token(
+    State(token): State<RequireToken>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if token.accepts(header, true) {
+        return next.run(request).await;
+    }
+    let challenge = [(header::WWW_AUTHENTICATE, r#"Basic realm="patchwork", charset="UTF-8""#)];
+    (StatusCode::UNAUTHORIZED, challenge, "this coordinator needs its API token (as the password)\n").into_response()
 }
 
 fn json(value: serde_json::Value) -> Response {
