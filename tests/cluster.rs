@@ -409,3 +409,51 @@ async fn an_unreachable_etcd_is_a_clear_error_at_start() {
     let output = std::process::Command::new(BIN).args(["coordinator", "--etcd", "127.0.0.1:2379"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("--etcd"), "a bad endpoint names the flag");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_with_authentication_is_reached_with_its_user_and_refuses_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    // etcd's own way to turn authentication on: a root user with the root role, then `auth enable`.
+    let mut admin = etcd_client::Client::connect([etcd.endpoint.as_str()], None).await.unwrap();
+    admin.user_add("root", "rootpw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    // Without a user, or with a wrong password, both kinds of process stop at start and say why.
+    for creds in [vec![], vec!["--etcd-username", "root", "--etcd-password", "guess"]] {
+        for role in ["coordinator", "worker"] {
+            let mut args = vec![role, "--listen", "127.0.0.1:0", "--etcd", etcd.endpoint.as_str()];
+            args.extend_from_slice(&creds);
+            let output = std::process::Command::new(BIN)
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .env_remove("PATCHWORK_ETCD_USERNAME")
+                .env_remove("PATCHWORK_ETCD_PASSWORD")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} must fail");
+            assert!(stderr.contains("refused access") && stderr.contains("etcdserver:"), "{args:?}: {stderr}");
+        }
+    }
+    let output = std::process::Command::new(BIN)
+        .args(["coordinator", "--etcd", etcd.endpoint.as_str(), "--etcd-username", "root"])
+        .env_remove("PATCHWORK_ETCD_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--etcd-password is not"), "a half user is named");
+
+    // With the user, a coordinator leads and a worker joins: the whole cluster runs through the auth.
+    let user = ["--etcd-username", "root", "--etcd-password", "rootpw"];
+    let data = dir.path().join("data");
+    let coord = cluster_coordinator(&data, &etcd, None, &user);
+    let mut args = vec!["worker", "--etcd", etcd.endpoint.as_str(), "--lease-ttl", TTL, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(&user);
+    let _worker = spawn_listening(&args);
+    let mut client = client(&coord).await;
+    wait_leader(&mut client).await;
+    wait_members(&mut client, 1).await;
+    let job = submit(&mut client, several_windows(1)).await;
+    assert_eq!(wait_done(&mut client, &job.id).await.state, pb::JobState::Done as i32);
+}

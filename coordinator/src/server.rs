@@ -70,6 +70,8 @@ pub struct CoordinatorConfig {
 #[derive(Debug, Clone)]
 pub struct EtcdSettings {
     pub endpoints: Vec<String>,
+    /// For an etcd with authentication on.
+    pub user: Option<patchwork_shared::cluster::EtcdUser>,
     pub ttl: Duration,
 }
 
@@ -188,7 +190,7 @@ pub async fn run_with_http(
             Backend::Single(store)
         }
         Some(etcd) => {
-            let client = patchwork_shared::cluster::connect(&etcd.endpoints).await?;
+            let client = patchwork_shared::cluster::connect(&etcd.endpoints, etcd.user.as_ref()).await?;
             let local = listener.local_addr().map_err(CoordinatorError::Listener)?;
             let advertise = config.advertise.clone().unwrap_or_else(|| {
                 let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };

@@ -30,8 +30,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum ClusterError {
     #[error("--etcd: {0}")]
     Endpoints(String),
+    #[error("etcd credentials: {0}")]
+    Credentials(String),
     #[error("etcd at {endpoints} is unreachable: {why}")]
     Unreachable { endpoints: String, why: String },
+    #[error("etcd at {endpoints} refused access (check --etcd-username and --etcd-password): {why}")]
+    Refused { endpoints: String, why: String },
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("etcd: no answer within {0:?}")]
@@ -43,6 +47,31 @@ pub enum ClusterError {
 }
 
 /// Parses `http://host:port[,http://host:port...]`.
+/// An etcd user, for an etcd with authentication on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl EtcdUser {
+    /// A user from a name and a password given together; both empty (or absent) means none.
+    pub fn from_parts(name: Option<&str>, password: Option<&str>) -> Result<Option<Self>, ClusterError> {
+        match (name.unwrap_or_default(), password.unwrap_or_default()) {
+            ("", "") => Ok(None),
+            ("", _) => Err(ClusterError::Credentials("--etcd-password is set but --etcd-username is not".into())),
+            (_, "") => Err(ClusterError::Credentials("--etcd-username is set but --etcd-password is not".into())),
+            (name, password) => Ok(Some(Self { name: name.into(), password: password.into() })),
+        }
+    }
+}
+
 pub fn parse_endpoints(list: &str) -> Result<Vec<String>, ClusterError> {
     let endpoints: Vec<String> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect();
     if endpoints.is_empty() {
@@ -59,16 +88,33 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, ClusterError> {
     Ok(endpoints)
 }
 
-/// Connects and checks that etcd answers, so that a wrong address fails at start with a clear error.
-pub async fn connect(endpoints: &[String]) -> Result<Client, ClusterError> {
-    let unreachable = |why: String| ClusterError::Unreachable { endpoints: endpoints.join(","), why };
-    let options = ConnectOptions::new()
+/// Connects and checks that etcd answers and lets this user read patchwork's keys, so that a wrong address
+/// or wrong credentials fail at start with a clear error.
+pub async fn connect(endpoints: &[String], user: Option<&EtcdUser>) -> Result<Client, ClusterError> {
+    let joined = endpoints.join(",");
+    // etcd's own refusals (authentication, permissions) say "etcdserver: ..."; anything else is the network.
+    let failed = |e: etcd_client::Error| match e {
+        etcd_client::Error::GRpcStatus(s) if s.message().starts_with("etcdserver:") => {
+            ClusterError::Refused { endpoints: joined.clone(), why: s.message().to_string() }
+        }
+        other => ClusterError::Unreachable { endpoints: joined.clone(), why: other.to_string() },
+    };
+    let unreachable = |why: String| ClusterError::Unreachable { endpoints: joined.clone(), why };
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
-    let mut client = Client::connect(endpoints, Some(options)).await.map_err(|e| unreachable(e.to_string()))?;
-    match tokio::time::timeout(REQUEST_TIMEOUT, client.status()).await {
+    if let Some(user) = user {
+        // The token etcd hands out expires (5 minutes by default); the client asks for a new one.
+        options = options.with_user(&user.name, &user.password).with_auto_token_refresh(true);
+    }
+    let mut client = Client::connect(endpoints, Some(options)).await.map_err(failed)?;
+    let probe = async {
+        client.status().await?;
+        client.get(JOBS, Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, probe).await {
         Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Ok(Err(e)) => Err(failed(e)),
         Err(_) => Err(unreachable(format!("no answer within {REQUEST_TIMEOUT:?}"))),
     }
 }

@@ -84,9 +84,21 @@ pub struct ClusterArgs {
     /// it; a follower takes over within two TTLs of the leader's death).
     #[arg(long, env = "PATCHWORK_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
+    /// The etcd user, where etcd has authentication on (with --etcd-password) [default: none].
+    #[arg(long, env = "PATCHWORK_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    #[arg(long, env = "PATCHWORK_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
 }
 
 impl ClusterArgs {
+    pub fn user(&self) -> anyhow::Result<Option<patchwork_shared::cluster::EtcdUser>> {
+        Ok(patchwork_shared::cluster::EtcdUser::from_parts(
+            self.etcd_username.as_deref(),
+            self.etcd_password.as_deref(),
+        )?)
+    }
+
     pub fn endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
         Ok(match &self.etcd {
             Some(list) => Some(patchwork_shared::cluster::parse_endpoints(list)?),
@@ -97,7 +109,9 @@ impl ClusterArgs {
 
 impl CoordinatorArgs {
     pub fn config(&self) -> anyhow::Result<CoordinatorConfig> {
-        let etcd = self.cluster.endpoints()?.map(|endpoints| EtcdSettings { endpoints, ttl: self.cluster.lease_ttl });
+        let user = self.cluster.user()?;
+        let etcd =
+            self.cluster.endpoints()?.map(|endpoints| EtcdSettings { endpoints, user, ttl: self.cluster.lease_ttl });
         Ok(CoordinatorConfig {
             data_dir: self.data_dir.clone(),
             queue_limit: self.queue_limit,
@@ -289,8 +303,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
     let local = listener.local_addr()?;
+    let user = args.cluster.user()?;
     let etcd = args.cluster.endpoints()?.map(|endpoints| EtcdMembership {
         endpoints,
+        user,
         name: args.name.clone().unwrap_or_else(|| {
             let advertised = args.advertise.clone().unwrap_or_else(|| local.to_string());
             let bare = advertised.trim_start_matches("http://").trim_start_matches("https://");

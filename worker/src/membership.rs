@@ -97,6 +97,8 @@ pub type GroupReport = Arc<dyn Fn() -> Vec<pb::ShardGroup> + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct EtcdMembership {
     pub endpoints: Vec<String>,
+    /// For an etcd with authentication on.
+    pub user: Option<patchwork_shared::cluster::EtcdUser>,
     /// The worker's key is `/patchwork/workers/<name>`.
     pub name: String,
     pub ttl: Duration,

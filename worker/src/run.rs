@@ -89,7 +89,7 @@ pub async fn run_with_metrics(
     };
     let (service, membership) = match &config.etcd {
         Some(settings) => {
-            let client = patchwork_shared::cluster::connect(&settings.endpoints).await?;
+            let client = patchwork_shared::cluster::connect(&settings.endpoints, settings.user.as_ref()).await?;
             let gate = Gate::closed();
             let record = pb::WorkerRecord {
                 name: settings.name.clone(),
