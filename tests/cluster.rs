@@ -296,7 +296,14 @@ async fn a_worker_whose_lease_lapsed_drops_its_result_and_refuses_late_work() {
     for (what, answer) in [("computing", computing.await.unwrap()), ("arriving", arriving.await.unwrap())] {
         let status = answer.expect_err(what);
         eprintln!("{what}: {:?} {}", status.code(), status.message());
-        assert!(matches!(status.code(), tonic::Code::Aborted | tonic::Code::Unavailable), "{what}: {status:?}");
+        // The late request waits in the socket while the worker is stopped. On waking, the worker may
+        // register again (a new generation) before it reads the request; then the request is refused
+        // because the dropped evaluation still holds the only slot. Either way it is not done.
+        let refused_when_full = what == "arriving" && status.code() == tonic::Code::ResourceExhausted;
+        assert!(
+            matches!(status.code(), tonic::Code::Aborted | tonic::Code::Unavailable) || refused_when_full,
+            "{what}: {status:?}"
+        );
     }
     // Registered again under the next generation, it takes work.
     wait_until(Duration::from_secs(30), "the worker to register again", || {

@@ -212,6 +212,12 @@ async fn keep_alive(client: Client, id: i64, ttl: Duration, health: LeaseHealth)
         loop {
             tokio::time::sleep(period).await;
             let sent = Instant::now();
+            // Past its local deadline the lease has already been treated as lapsed (results dropped, work
+            // refused), even if etcd has not revoked it yet, as when this process was paused: it stays
+            // lapsed rather than coming back to life.
+            if sent >= *health.valid_until.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(ClusterError::Lease(format!("{id:x} ran out before it could be renewed")));
+            }
             let answer = tokio::time::timeout(period, async {
                 keeper.keep_alive().await?;
                 answers.message().await
