@@ -2,6 +2,10 @@
 //! long videos stay consistent where the windows join?
 //!
 //!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
+//!           [--model DIR]
+//!
+//! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
+//! folder instead of the embedded model.
 //!
 //! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
 //! never saw), one to two objects, plain or two-tone backgrounds. Every prompt is rendered through an
@@ -47,10 +51,20 @@ struct Options {
     /// Which of the four ways to render (indices into the table's rows).
     modes: Vec<usize>,
     keep: Option<PathBuf>,
+    /// A pipeline folder to measure instead of the embedded model.
+    model: Option<PathBuf>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut o = Options { prompts: 50, frames: 77, steps: None, guidance: None, modes: vec![0, 1, 2, 3], keep: None };
+    let mut o = Options {
+        prompts: 50,
+        frames: 77,
+        steps: None,
+        guidance: None,
+        modes: vec![0, 1, 2, 3],
+        keep: None,
+        model: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -66,6 +80,7 @@ fn options() -> anyhow::Result<Options> {
                 }
             }
             "--keep" => o.keep = Some(PathBuf::from(value()?)),
+            "--model" => o.model = Some(PathBuf::from(value()?)),
             // cargo bench passes --bench to every harness-less target.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -110,7 +125,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
     if let Some(dir) = &o.keep {
         std::fs::create_dir_all(dir)?;
     }
-    let (mut client, shutdown, tasks, _data) = start_farm().await?;
+    let (mut client, shutdown, tasks, _data) = start_farm(o.model.clone()).await?;
     let g = ModelGeometry::tiny();
     let started = Instant::now();
     let mut table = Vec::new();
@@ -132,6 +147,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
             let bytes = render(&mut client, spec).await.with_context(|| format!("{}: {prompt:?}", mode.name))?;
             if let Some(dir) = &o.keep {
                 std::fs::write(dir.join(format!("{m}-{i:02}.mp4")), &bytes)?;
+                std::fs::write(dir.join(format!("{m}-{i:02}.txt")), prompt)?;
             }
             let video = patchwork_scenes::mp4::decode_mp4(&bytes)?;
             let whole = evaluate(&video, prompt, (!seams.is_empty()).then_some(seams.as_slice()));
@@ -198,9 +214,9 @@ fn first_frames(video: &Video, n: usize) -> Video {
 
 type Farm = (RenderServiceClient<Channel>, CancellationToken, Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir);
 
-/// A coordinator and one worker with the embedded model, on loopback; returns once the worker has
-/// registered.
-async fn start_farm() -> anyhow::Result<Farm> {
+/// A coordinator and one worker with the embedded model (or the pipeline folder `model`), on loopback;
+/// returns once the worker has registered.
+async fn start_farm(model: Option<PathBuf>) -> anyhow::Result<Farm> {
     let shutdown = CancellationToken::new();
     let data = tempfile::tempdir()?;
     let config = CoordinatorConfig { data_dir: data.path().to_path_buf(), ..Default::default() };
@@ -214,8 +230,12 @@ async fn start_farm() -> anyhow::Result<Farm> {
         }
     }));
     let engine: Arc<dyn Evaluator> = Arc::new(
-        tokio::task::spawn_blocking(|| {
-            Engine::load(&ModelSource::Tiny, candle_core::DType::F32, &candle_core::Device::Cpu)
+        tokio::task::spawn_blocking(move || {
+            let source = match model {
+                Some(path) => ModelSource::Dir { path, name: Some("tiny".into()) },
+                None => ModelSource::Tiny,
+            };
+            Engine::load(&source, candle_core::DType::F32, &candle_core::Device::Cpu)
         })
         .await??,
     );

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use patchwork_worker::group::{DeviceList, DeviceName};
 use patchwork_worker::train::{self, Phase, Progress, Recipe, TrainConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -29,6 +30,17 @@ pub struct TrainArgs {
     /// Stop after this many training steps in this run (resume later).
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// The device the transformer phase trains on: `cpu`, or `cuda:N` in a build with the `cuda` feature
+    /// (tools/cuda/build.sh). The VAE phases always run on the CPU.
+    #[arg(long, default_value = "cpu", value_parser = one_device)]
+    pub device: DeviceName,
+}
+
+fn one_device(spec: &str) -> Result<DeviceName, String> {
+    match spec.parse::<DeviceList>().map_err(|e| e.replacen("--devices", "--device", 1))?.0.as_slice() {
+        [one] => Ok(*one),
+        more => Err(format!("--device takes one device, got {}", more.len())),
+    }
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -54,6 +66,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         out_dir: args.output,
         checkpoint_every: args.checkpoint_every,
         stop_after: args.stop_after,
+        device: args.device,
     };
     let every = args.checkpoint_every.max(1);
     let mut bar = Bar { bar: None, losses: Vec::new(), phase: "", started: std::time::Instant::now(), every };

@@ -5,6 +5,7 @@
 # (progress on stderr). About 6–8 minutes on 2 cores.
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
+#                          [--model DIR]   (a pipeline folder instead of the embedded model)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

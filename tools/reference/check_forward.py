@@ -26,6 +26,7 @@ def main() -> int:
     ap.add_argument("patchwork", type=Path)
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--tolerance", type=float, default=1e-4)
+    ap.add_argument("--devices", help="the transformer's devices (`cuda:0`); the other components run on the CPU")
     args = ap.parse_args()
 
     manifest = json.loads((args.fixtures / "manifest.json").read_text())
@@ -36,6 +37,8 @@ def main() -> int:
             cmd = [str(args.patchwork), "model", "forward", "--component", case["component"],
                    "--model-dir", str(args.fixtures / case["model_dir"]),
                    "--inputs", str(args.fixtures / case["inputs"]), "--output", str(out), "--dtype", args.dtype]
+            if args.devices and case["component"] == "transformer":
+                cmd += ["--devices", args.devices]
             run = subprocess.run(cmd, capture_output=True, text=True)
             if run.returncode != 0:
                 print(f"{case['name']}: FAILED: {run.stderr.strip()}")

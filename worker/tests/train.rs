@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use patchwork_worker::group::DeviceName;
 use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::t5::{UMT5Config, UMT5Encoder};
 use patchwork_worker::model::vae::{VaeConfig, WanVae};
@@ -144,6 +145,7 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
         out_dir: tmp.path().join(format!("{name}-model")),
         checkpoint_every: 1,
         stop_after,
+        device: DeviceName::Cpu(0),
     };
     let summary = train::train(&config("straight", None), &mut Quiet).unwrap();
     assert!(summary.final_transformer_loss.unwrap().is_finite());
@@ -164,6 +166,16 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
     other.recipe.seed += 1;
     let err = train::train(&other, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("state.json") && err.contains("another recipe"), "{err}");
+
+    // A device this build cannot open is refused before any work, by name.
+    #[cfg(not(feature = "cuda"))]
+    {
+        let mut gpu = config("gpu", None);
+        gpu.device = DeviceName::Cuda(0);
+        let err = train::train(&gpu, &mut Quiet).unwrap_err().to_string();
+        assert!(err.contains("cuda:0") && err.contains("--features cuda"), "{err}");
+        assert!(!tmp.path().join("gpu-work").exists());
+    }
 
     // The folder is a pipeline the engine serves, with the trained text length.
     use patchwork_worker::engine::{DenoiseInput, Engine, Evaluator, ModelSource};

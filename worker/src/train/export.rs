@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
 use super::tokenizer;
@@ -16,6 +16,8 @@ use crate::model::vae::VaeConfig;
 /// Everything a pipeline folder holds.
 pub struct Pipeline<'a> {
     pub transformer: (&'a WanTransformerConfig, HashMap<String, Tensor>),
+    /// The dtype the transformer's weights are stored in (the loader widens them to the serving dtype).
+    pub transformer_dtype: DType,
     pub vae: (&'a VaeConfig, HashMap<String, Tensor>),
     pub text_encoder: (&'a UMT5Config, HashMap<String, Tensor>),
     pub vocabulary: &'a [&'a str],
@@ -68,7 +70,13 @@ pub fn write(dir: &Path, p: Pipeline) -> Result<(), TrainError> {
         &t.join("config.json"),
         with_class(to_value(serde_json::to_value(p.transformer.0), &t)?, "WanTransformer3DModel"),
     )?;
-    weights(&t.join("diffusion_pytorch_model.safetensors"), &p.transformer.1)?;
+    let stored = p
+        .transformer
+        .1
+        .iter()
+        .map(|(name, t)| Ok((name.clone(), t.to_dtype(p.transformer_dtype)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    weights(&t.join("diffusion_pytorch_model.safetensors"), &stored)?;
 
     let v = staging.join("vae");
     create_dir(&v)?;

@@ -49,13 +49,18 @@ impl AdamW {
     /// One update at learning rate `lr`; returns the gradients' global norm before clipping. A variable
     /// without a gradient (unused by this loss) is left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
-        let mut sq = 0f64;
+        // One sum on the device and one read back (a read per variable stalls a GPU as often).
+        let mut squares = Vec::new();
         for (_, p) in &self.params {
             if let Some(g) = grads.get(p) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                squares.push(g.sqr()?.sum_all()?);
             }
         }
-        let norm = sq.sqrt();
+        let norm = if squares.is_empty() {
+            0.0
+        } else {
+            (Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt()
+        };
         if !norm.is_finite() {
             candle_core::bail!("the gradient norm is {norm}: training diverged");
         }

@@ -73,6 +73,14 @@ pub struct DitRecipe {
     /// is almost all background.
     #[serde(default = "unweighted")]
     pub object_weight: f64,
+    /// The dtype of the exported transformer weights: `f32`, `f16` or `bf16` (training runs in f32; f16
+    /// halves the folder at a relative rounding of 2⁻¹¹).
+    #[serde(default = "f32_name")]
+    pub stored_dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 fn unweighted() -> f64 {
@@ -114,19 +122,20 @@ impl Default for Recipe {
                 latent_penalty: 1e-4,
             },
             dit: DitRecipe {
-                heads: 4,
+                heads: 6,
                 head_dim: 32,
-                layers: 4,
-                ffn_dim: 512,
-                steps: 3000,
-                batch: 16,
-                lr: 1e-3,
-                clips: 3000,
+                layers: 6,
+                ffn_dim: 768,
+                steps: 2500,
+                batch: 128,
+                lr: 1.5e-3,
+                clips: 8000,
                 caption_dropout: 0.1,
                 shift: 3.0,
-                object_weight: 1.0,
+                object_weight: 5.0,
+                stored_dtype: "f16".into(),
             },
-            text: TextRecipe { d_model: 64, heads: 4, d_kv: 16, d_ff: 128, layers: 2, text_len: 32 },
+            text: TextRecipe { d_model: 128, heads: 4, d_kv: 32, d_ff: 256, layers: 2, text_len: 32 },
         }
     }
 }
@@ -206,11 +215,33 @@ impl Recipe {
         if self.vae.batch == 0 || self.dit.batch == 0 || self.dit.clips < self.dit.batch {
             return Err("batches must be positive and the clips at least one batch".into());
         }
+        crate::model::forward::parse_dtype(&self.dit.stored_dtype)
+            .map_err(|_| format!("dit.stored_dtype must be f32, f16 or bf16, got {:?}", self.dit.stored_dtype))?;
         if !(0.0..1.0).contains(&self.dit.caption_dropout) || self.dit.shift <= 0.0 {
             return Err("caption_dropout must be in [0, 1) and shift positive".into());
         }
         self.transformer_config().validate().map_err(|e| e.to_string())?;
         self.vae_config().validate().map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_recipes_are_valid_and_share_the_vae() {
+        let default = Recipe::default();
+        default.validate().unwrap();
+        let cpu: Recipe = serde_json::from_str(include_str!("../../../models/recipes/cpu-hour.json")).unwrap();
+        cpu.validate().unwrap();
+        assert_eq!(cpu.vae, default.vae);
+        assert!(cpu.dit.steps * cpu.dit.batch < default.dit.steps * default.dit.batch);
+
+        let mut bad = default;
+        bad.dit.stored_dtype = "f8".into();
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.stored_dtype") && err.contains("f8"), "{err}");
     }
 }

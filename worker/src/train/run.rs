@@ -20,6 +20,7 @@ use super::export::{self, write_file};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{Params, Start};
 use super::{vae, Recipe, TrainError};
+use crate::group::DeviceName;
 use crate::model::dit::WanTransformer;
 use crate::model::t5::{TextEncoder, UMT5Encoder};
 use crate::model::tokenizer::PromptTokenizer;
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Stop after this many steps of training in this call (for tests of resumption); `None` runs on.
     pub stop_after: Option<usize>,
+    /// Where the transformer phase runs (`cuda:N` needs the `cuda` build). The VAE phases run on the CPU
+    /// whatever this says: their training convolutions are CPU kernels.
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +103,7 @@ const DIT_CKPT: &str = "transformer.safetensors";
 /// Runs (or resumes) the recipe to the end, or to `stop_after` steps.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, TrainError> {
     cfg.recipe.validate().map_err(TrainError::Recipe)?;
+    let dit_device = cfg.device.open()?;
     let device = Device::Cpu;
     let work = &cfg.work_dir;
     std::fs::create_dir_all(work).map_err(|e| TrainError::io(work, e))?;
@@ -225,9 +230,11 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let captions: Vec<String> = read_json(&work.join(CAPTIONS))?;
     let stats = vae::latent_stats(&raw)?;
     let final_vae = served_vae(Some(stats.clone()))?;
+    // The transformer phase runs on the asked device, with the whole dataset there.
+    let device = dit_device;
     let weights =
         if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &device)?) };
-    let dataset = Dataset { latents: final_vae.normalize(&raw)?, captions, weights };
+    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&device)?, captions, weights };
 
     // Phase 3: the transformer and the text encoder.
     let text_config = r.text_encoder_config(super::tokenizer::SPECIAL.len() + vocabulary.len());
@@ -292,6 +299,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         &cfg.out_dir,
         export::Pipeline {
             transformer: (&dit_config, dit_params.tensors()),
+            transformer_dtype: crate::model::forward::parse_dtype(&r.dit.stored_dtype)?,
             vae: (&vae_config, vae_params.tensors()),
             text_encoder: (&text_config, text_params.tensors()),
             vocabulary: &vocabulary,
