@@ -87,12 +87,12 @@ async fn a_failed_rank_fails_its_group_and_the_work_is_redone_elsewhere() {
 #[test]
 fn a_degree_that_does_not_divide_the_heads_stops_the_worker() {
     let out = Command::new(env!("CARGO_BIN_EXE_patchwork"))
-        .args(["worker", "--coordinator", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--tp", "3"])
+        .args(["worker", "--coordinator", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--tp", "4"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("degree 3 does not divide the model's 4 attention heads"), "{stderr}");
+    assert!(stderr.contains("degree 4 does not divide the model's 6 attention heads"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_patchwork"))
         .args(["worker", "--listen", "127.0.0.1:0", "--devices", "cpu:4", "--tp", "3"])
         .output()
