@@ -104,7 +104,7 @@ const DIT_CKPT: &str = "transformer.safetensors";
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, TrainError> {
     cfg.recipe.validate().map_err(TrainError::Recipe)?;
     let dit_device = cfg.device.open()?;
-    let device = Device::Cpu;
+    let device = Device::Cpu; // the VAE phases
     let work = &cfg.work_dir;
     std::fs::create_dir_all(work).map_err(|e| TrainError::io(work, e))?;
     let mut state = match read_state(work)? {
@@ -231,10 +231,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let stats = vae::latent_stats(&raw)?;
     let final_vae = served_vae(Some(stats.clone()))?;
     // The transformer phase runs on the asked device, with the whole dataset there.
-    let device = dit_device;
     let weights =
-        if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &device)?) };
-    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&device)?, captions, weights };
+        if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &dit_device)?) };
+    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&dit_device)?, captions, weights };
 
     // Phase 3: the transformer and the text encoder.
     let text_config = r.text_encoder_config(super::tokenizer::SPECIAL.len() + vocabulary.len());
@@ -252,9 +251,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     };
     let dit_params = Arc::new(Params::new(start.0));
     let text_params = Arc::new(Params::new(start.1));
-    let dit_model = WanTransformer::new(&dit_config, dit_params.var_builder(&device))?;
+    let dit_model = WanTransformer::new(&dit_config, dit_params.var_builder(&dit_device))?;
     let tokenizer = PromptTokenizer::from_json(&tokenizer_json, "<training tokenizer.json>")?;
-    let text = TextEncoder::new(tokenizer, UMT5Encoder::new(&text_config, text_params.var_builder(&device))?);
+    let text = TextEncoder::new(tokenizer, UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?);
     if state.phase == Phase::Transformer {
         let mut vars = Vec::new();
         for (prefix, p) in [("transformer.", &dit_params), ("text_encoder.", &text_params)] {
@@ -267,7 +266,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         progress.phase(Phase::Transformer, state.step, r.dit.steps);
         while state.step < r.dit.steps && budget > 0 {
             let started = Instant::now();
-            let batch = dit::batch(&r, &dataset, state.step, &device)?;
+            let batch = dit::batch(&r, &dataset, state.step, &dit_device)?;
             let (loss, value) = dit::loss(&dit_model, &text, r.text.text_len, &batch)?;
             opt.step(&loss.backward()?, lr_at(r.dit.lr, state.step, r.dit.steps))?;
             state.step += 1;
