@@ -112,6 +112,7 @@ impl Progress for Bar {
             Phase::Vae => "vae",
             Phase::Latents => "encode",
             Phase::Transformer => "dit+text",
+            Phase::Decoder => "decoder",
             Phase::Done => "done",
         };
         self.phase = name;

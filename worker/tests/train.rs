@@ -11,7 +11,7 @@ use patchwork_worker::model::dit::{WanTransformer, WanTransformerConfig};
 use patchwork_worker::model::t5::{UMT5Config, UMT5Encoder};
 use patchwork_worker::model::vae::{VaeConfig, WanVae};
 use patchwork_worker::train::params::{Params, Start};
-use patchwork_worker::train::recipe::ClipShape;
+use patchwork_worker::train::recipe::{ClipShape, DecoderRecipe};
 use patchwork_worker::train::{self, Phase, Progress, Recipe, TrainConfig};
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
@@ -103,6 +103,7 @@ fn small_recipe() -> Recipe {
     r.vae.steps = 3;
     r.vae.batch = 2;
     r.vae.clips = vec![ClipShape { frames: 9, crop: 16 }, ClipShape { frames: 13, crop: 8 }];
+    r.vae.decoder = DecoderRecipe { steps: 3, lr: 1e-3, object_weight: 3.0, latent_noise: 0.1 };
     r.dit.heads = 2;
     r.dit.head_dim = 8;
     r.dit.layers = 1;
@@ -134,8 +135,9 @@ fn files(dir: &std::path::Path) -> HashMap<String, Vec<u8>> {
     out
 }
 
-/// A run interrupted twice (mid-VAE and mid-transformer) and resumed writes the same bytes as one run
-/// straight through; the folder loads as a pipeline and renders through the engine.
+/// A run interrupted three times (mid-VAE, mid-transformer and mid-decoder) and resumed writes the same
+/// bytes as one run straight through; the decoder's phase leaves the encoder as the VAE phase made it;
+/// the folder loads as a pipeline and renders through the engine.
 #[test]
 fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
     let tmp = tempfile::tempdir().unwrap();
@@ -154,12 +156,35 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
     assert!(err.contains("stopped as asked after Vae step 2"), "{err}");
     let err = train::train(&config("resumed", Some(3)), &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("Transformer step 2"), "{err}");
+    let err = train::train(&config("resumed", Some(2)), &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("Decoder step 1"), "{err}");
     train::train(&config("resumed", None), &mut Quiet).unwrap();
     let (a, b) = (files(&tmp.path().join("straight-model")), files(&tmp.path().join("resumed-model")));
     assert_eq!(a.keys().collect::<std::collections::BTreeSet<_>>(), b.keys().collect());
     for (name, bytes) in &a {
         assert!(bytes == &b[name], "{name} differs after resuming");
     }
+    let before =
+        candle_core::safetensors::load(tmp.path().join("straight-work/vae.safetensors"), &Device::Cpu).unwrap();
+    let after = candle_core::safetensors::load(
+        tmp.path().join("straight-model/vae/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (mut frozen, mut moved) = (0, 0);
+    for (name, t) in &after {
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let same = values(t) == values(&before[name]);
+        if name.starts_with("decoder.") || name.starts_with("post_quant_conv.") {
+            moved += !same as usize;
+        } else {
+            assert!(same, "{name} changed in the decoder's phase");
+            frozen += 1;
+        }
+    }
+    assert!(frozen > 20 && moved > 20, "{frozen} frozen, {moved} moved");
+    let check = summary.decoder_reconstruction.expect("a check after the decoder's phase");
+    assert!(check.psnr.is_finite() && check.clips == 8, "{check:?}");
 
     // Another recipe in the same work folder is refused, by name.
     let mut other = config("straight", None);

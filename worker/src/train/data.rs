@@ -12,6 +12,7 @@ pub enum Stream {
     DatasetClips = 3,
     DitBatch = 4,
     DitNoise = 5,
+    DecoderClips = 6,
 }
 
 /// A seed for draw `index` of `stream` at `step` (SplitMix64 finalisation of the mixed inputs).

@@ -39,6 +39,26 @@ pub struct VaeRecipe {
     pub object_crops: f64,
     /// Weight of the latent's L2 penalty (half its mean square) against the reconstruction loss.
     pub latent_penalty: f64,
+    /// A last phase that trains the decoder alone, the encoder frozen; off when its steps are 0.
+    #[serde(default)]
+    pub decoder: DecoderRecipe,
+}
+
+/// The decoder's own phase, after the transformer's. The encoder is frozen, so the latents the transformer
+/// learned stay exactly what they were, and the decoder can keep learning what the joint training left
+/// undone (the objects' colours, mostly) without moving them. Its clips are drawn as the VAE phase's are
+/// (the same shapes, batch and object crops) from a stream of their own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DecoderRecipe {
+    pub steps: usize,
+    pub lr: f64,
+    /// How much more an object's pixels count than the background's.
+    pub object_weight: f64,
+    /// Gaussian noise added to the latent before decoding, in units of each channel's standard deviation
+    /// over the dataset: a decoder that sees slightly wrong latents is steadier on the transformer's,
+    /// which are never exactly an encoder's.
+    #[serde(default)]
+    pub latent_noise: f64,
 }
 
 /// One shape of VAE training clip.
@@ -120,6 +140,7 @@ impl Default for Recipe {
                 object_weight: 1.0,
                 object_crops: 0.75,
                 latent_penalty: 1e-4,
+                decoder: DecoderRecipe::default(),
             },
             dit: DitRecipe {
                 heads: 6,
@@ -195,6 +216,16 @@ impl Recipe {
         if self.dit.object_weight.is_nan() || self.dit.object_weight < 1.0 {
             return Err(format!("dit.object_weight must be at least 1, got {}", self.dit.object_weight));
         }
+        let d = &self.vae.decoder;
+        if d.steps > 0 && (d.object_weight.is_nan() || d.object_weight < 1.0) {
+            return Err(format!("vae.decoder.object_weight must be at least 1, got {}", d.object_weight));
+        }
+        if d.steps > 0 && !(d.lr > 0.0 && d.lr.is_finite()) {
+            return Err(format!("vae.decoder.lr must be positive, got {}", d.lr));
+        }
+        if !(d.latent_noise >= 0.0 && d.latent_noise.is_finite()) {
+            return Err(format!("vae.decoder.latent_noise must be at least 0, got {}", d.latent_noise));
+        }
         if !(0.0..=1.0).contains(&self.vae.object_crops) {
             return Err(format!("vae.object_crops must be in [0, 1], got {}", self.vae.object_crops));
         }
@@ -239,9 +270,13 @@ mod tests {
         assert_eq!(cpu.vae, default.vae);
         assert!(cpu.dit.steps * cpu.dit.batch < default.dit.steps * default.dit.batch);
 
-        let mut bad = default;
+        let mut bad = default.clone();
         bad.dit.stored_dtype = "f8".into();
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.stored_dtype") && err.contains("f8"), "{err}");
+        let mut bad = default;
+        bad.vae.decoder = DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0 };
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("vae.decoder.object_weight") && err.contains("0.5"), "{err}");
     }
 }

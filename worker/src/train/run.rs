@@ -47,6 +47,8 @@ pub enum Phase {
     Vae,
     Latents,
     Transformer,
+    /// The decoder alone, the encoder frozen (when the recipe has `vae.decoder.steps`).
+    Decoder,
     Done,
 }
 
@@ -70,6 +72,8 @@ pub struct Summary {
     pub final_vae_loss: Option<f64>,
     pub vae_reconstruction: Option<vae::ReconstructionCheck>,
     pub final_transformer_loss: Option<f64>,
+    /// The same clips reconstructed after the decoder's own phase.
+    pub decoder_reconstruction: Option<vae::ReconstructionCheck>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +88,9 @@ struct State {
     /// How well the trained VAE reconstructs unseen clips, measured after its training.
     #[serde(default)]
     vae_check: Option<vae::ReconstructionCheck>,
+    /// The same after the decoder's own phase.
+    #[serde(default)]
+    decoder_check: Option<vae::ReconstructionCheck>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +106,10 @@ const VAE_CKPT: &str = "vae.safetensors";
 const LATENTS: &str = "latents.safetensors";
 const CAPTIONS: &str = "captions.json";
 const DIT_CKPT: &str = "transformer.safetensors";
+const DECODER_CKPT: &str = "decoder.safetensors";
+/// Unseen clips (the first of the transformer's dataset, which the VAE never trains on) on which the
+/// reconstructions are measured.
+const CHECK_CLIPS: usize = 64;
 
 /// Runs (or resumes) the recipe to the end, or to `stop_after` steps.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, TrainError> {
@@ -125,6 +136,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             seconds: 0.0,
             log: Vec::new(),
             vae_check: None,
+            decoder_check: None,
         },
     };
     let mut budget = cfg.stop_after.unwrap_or(usize::MAX);
@@ -147,7 +159,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         progress.phase(Phase::Vae, state.step, r.vae.steps);
         while state.step < r.vae.steps && budget > 0 {
             let started = Instant::now();
-            let batch = vae::batch(&r, state.step, &device)?;
+            let batch = vae::batch(&r, vae::Draw::vae(&r), state.step, &device)?;
             let (loss, report) = vae::loss(&vae_model, &batch, r.vae.latent_penalty)?;
             opt.step(&loss.backward()?, lr_at(r.vae.lr, state.step, r.vae.steps))?;
             state.step += 1;
@@ -196,26 +208,14 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
                 })
                 .unzip();
             let x = data::video_batch(&videos, &device)?;
-            let z = encoder.encode(&x)?;
-            if start == 0 {
-                let check = vae::reconstruction_check(&encoder, &x, &z, &caps)?;
-                let frames = check.psnr_by_frame.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
-                progress.note(&format!(
-                    "VAE reconstruction of {n} unseen clips: PSNR {:.1} dB (by frame: {}); the evaluator reads \
-                     colour {:.0}%, shape {:.0}%, direction {:.0}% of their objects",
-                    check.psnr,
-                    frames.join(" "),
-                    100.0 * check.colour,
-                    100.0 * check.shape,
-                    100.0 * check.direction
-                ));
-                state.vae_check = Some(check);
-            }
-            raw.push(z);
+            raw.push(encoder.encode(&x)?);
             captions.extend(caps);
             progress.advance(start + n, None);
         }
         let raw = Tensor::cat(&raw, 0)?;
+        let check = reconstruction_check(&r, &encoder, &raw, &captions)?;
+        progress.note(&check_line("VAE", &check));
+        state.vae_check = Some(check);
         candle_core::safetensors::save(&HashMap::from([("raw".to_string(), raw)]), work.join(LATENTS))
             .map_err(|e| TrainError::io(&work.join(LATENTS), std::io::Error::other(e)))?;
         write_file(&work.join(CAPTIONS), &serde_json::to_vec(&captions).unwrap_or_default())?;
@@ -287,10 +287,63 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         if state.step < r.dit.steps {
             return Err(stopped(&state));
         }
-        state.phase = Phase::Done;
+        state.phase = if r.vae.decoder.steps > 0 { Phase::Decoder } else { Phase::Done };
         state.step = 0;
         write_state(work, &state)?;
     }
+
+    // Phase 4: the decoder alone, from the frozen encoder's latents.
+    let d = &r.vae.decoder;
+    let out_vae = if d.steps == 0 {
+        vae_params.clone()
+    } else {
+        let from = if state.phase == Phase::Decoder && state.step == 0 { VAE_CKPT } else { DECODER_CKPT };
+        let tuned = Arc::new(Params::new(Start::Saved(load_params(&work.join(from), "")?)));
+        if state.phase == Phase::Decoder {
+            let trained = WanVae::new(r.vae_config(), tuned.var_builder(&device))?;
+            let decoder_vars = tuned
+                .vars()
+                .into_iter()
+                .filter(|(name, _)| name.starts_with("decoder.") || name.starts_with("post_quant_conv."))
+                .collect();
+            let mut opt = AdamW::new(decoder_vars, AdamWConfig::default())?;
+            if state.step > 0 {
+                opt.restore(&load_params(&work.join(DECODER_CKPT), "opt.")?, state.step)?;
+            }
+            progress.phase(Phase::Decoder, state.step, d.steps);
+            while state.step < d.steps && budget > 0 {
+                let started = Instant::now();
+                let draw = vae::Draw::decoder(&r);
+                let batch = vae::batch(&r, draw, state.step, &device)?;
+                let noise_seed = data::seed_for(r.seed, Stream::DecoderClips, state.step as u64, u64::MAX - 2);
+                let (loss, value) = vae::decoder_loss(&final_vae, &trained, &batch, d.latent_noise, noise_seed)?;
+                opt.step(&loss.backward()?, lr_at(d.lr, state.step, d.steps))?;
+                state.step += 1;
+                budget -= 1;
+                state.seconds += started.elapsed().as_secs_f64();
+                progress.advance(state.step, Some(value));
+                log(&mut state, Phase::Decoder, value, cfg.checkpoint_every);
+                if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || state.step == d.steps {
+                    save_checkpoint(work, DECODER_CKPT, &tuned, &opt)?;
+                    write_state(work, &state)?;
+                }
+            }
+            if state.step < d.steps {
+                return Err(stopped(&state));
+            }
+            let started = Instant::now();
+            let vb = candle_nn::VarBuilder::from_tensors(tuned.tensors(), candle_core::DType::F32, &device);
+            let served = WanVae::new(final_vae.config().clone(), vb)?;
+            let check = reconstruction_check(&r, &served, &raw, &dataset.captions)?;
+            progress.note(&check_line("decoder", &check));
+            state.decoder_check = Some(check);
+            state.seconds += started.elapsed().as_secs_f64();
+            state.phase = Phase::Done;
+            state.step = 0;
+            write_state(work, &state)?;
+        }
+        tuned
+    };
 
     let mut vae_config = r.vae_config();
     (vae_config.latents_mean, vae_config.latents_std) = stats;
@@ -299,7 +352,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         export::Pipeline {
             transformer: (&dit_config, dit_params.tensors()),
             transformer_dtype: crate::model::forward::parse_dtype(&r.dit.stored_dtype)?,
-            vae: (&vae_config, vae_params.tensors()),
+            vae: (&vae_config, out_vae.tensors()),
             text_encoder: (&text_config, text_params.tensors()),
             vocabulary: &vocabulary,
             text_len: r.text.text_len,
@@ -316,7 +369,39 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         final_vae_loss: last(Phase::Vae),
         vae_reconstruction: state.vae_check.clone(),
         final_transformer_loss: last(Phase::Transformer),
+        decoder_reconstruction: state.decoder_check.clone(),
     })
+}
+
+/// How well `vae` reconstructs the first [`CHECK_CLIPS`] clips of the transformer's dataset, whose raw
+/// latents (by the same encoder) and captions are `raw` and `captions`.
+fn reconstruction_check(
+    r: &Recipe,
+    vae: &WanVae,
+    raw: &Tensor,
+    captions: &[String],
+) -> Result<vae::ReconstructionCheck, TrainError> {
+    let n = CHECK_CLIPS.min(raw.dim(0)?);
+    let sampler = SceneSampler::new(r.width, r.height);
+    let videos: Vec<_> = (0..n)
+        .map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64)).render(r.frames))
+        .collect();
+    let x = data::video_batch(&videos, &Device::Cpu)?;
+    Ok(vae::reconstruction_check(vae, &x, &raw.narrow(0, 0, n)?, &captions[..n])?)
+}
+
+fn check_line(what: &str, check: &vae::ReconstructionCheck) -> String {
+    let frames = check.psnr_by_frame.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>();
+    format!(
+        "{what} reconstruction of {} unseen clips: PSNR {:.1} dB (by frame: {}); the evaluator reads colour \
+         {:.0}%, shape {:.0}%, direction {:.0}% of their objects",
+        check.clips,
+        check.psnr,
+        frames.join(" "),
+        100.0 * check.colour,
+        100.0 * check.shape,
+        100.0 * check.direction
+    )
 }
 
 /// Linear warm-up over the first 5% of steps (at most 100), then a cosine decay to a tenth.

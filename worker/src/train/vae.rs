@@ -40,10 +40,28 @@ pub struct Batch {
     pub weight: Tensor,
 }
 
-/// The clips of VAE step `step`, shaped by the recipe's clip shape for that step.
-pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
+/// Which clips a step draws, and how much their objects weigh: the VAE phase's or the decoder phase's.
+#[derive(Debug, Clone, Copy)]
+pub struct Draw {
+    pub stream: Stream,
+    pub object_weight: f64,
+}
+
+impl Draw {
+    pub fn vae(recipe: &Recipe) -> Self {
+        Draw { stream: Stream::VaeClips, object_weight: recipe.vae.object_weight }
+    }
+
+    pub fn decoder(recipe: &Recipe) -> Self {
+        Draw { stream: Stream::DecoderClips, object_weight: recipe.vae.decoder.object_weight }
+    }
+}
+
+/// The clips of step `step` of `draw`, shaped by the recipe's clip shape for that step.
+pub fn batch(recipe: &Recipe, draw: Draw, step: usize, device: &Device) -> Result<Batch> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
     let v = &recipe.vae;
+    let object_weight = draw.object_weight;
     let shape = v.clips[step % v.clips.len().max(1)];
     let (f, h, w) = (shape.frames, recipe.height, recipe.width);
     let mut videos = Vec::with_capacity(v.batch);
@@ -51,10 +69,10 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     // Where each clip's first object is at the middle frame, for crops placed around it.
     let mut centres = Vec::with_capacity(v.batch);
     for i in 0..v.batch {
-        let scene = sampler.sample(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, i as u64));
+        let scene = sampler.sample(data::seed_for(recipe.seed, draw.stream, step as u64, i as u64));
         centres.push(scene.objects.first().map(|o| scene.centre(o, (f - 1) as f64 / 2.0)));
         let video = scene.render(f);
-        if v.object_weight == 1.0 {
+        if object_weight == 1.0 {
             weight.resize(weight.len() + f * h * w, 1f32);
         } else {
             // The same scene without its objects: the background alone, so the objects' pixels are
@@ -64,7 +82,7 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
                 if p == q {
                     1f32
                 } else {
-                    v.object_weight as f32
+                    object_weight as f32
                 }
             }));
         }
@@ -79,13 +97,12 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     // One crop position per clip, on the latent grid (multiples of 8) so that crops line up with the
     // encoder's downsampling as whole frames do.
     let grid = |len: usize| (len - crop) / 8 + 1;
-    let picks = data::uniforms(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, u64::MAX), 2 * v.batch);
+    let picks = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX), 2 * v.batch);
     let mut corners: Vec<[usize; 2]> = (0..v.batch)
         .map(|i| [(picks[2 * i] * grid(h) as f64) as usize * 8, (picks[2 * i + 1] * grid(w) as f64) as usize * 8])
         .collect();
     if v.object_crops > 0.0 {
-        let around =
-            data::uniforms(data::seed_for(recipe.seed, Stream::VaeClips, step as u64, u64::MAX - 1), 3 * v.batch);
+        let around = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX - 1), 3 * v.batch);
         for (i, corner) in corners.iter_mut().enumerate() {
             let Some([cx, cy]) = centres[i] else { continue };
             if around[3 * i] >= v.object_crops {
@@ -112,23 +129,53 @@ pub fn batch(recipe: &Recipe, step: usize, device: &Device) -> Result<Batch> {
     Ok(Batch { x: cut(&x)?, weight: cut(&weight)? })
 }
 
-/// The loss of `vae` on a batch: the weighted mean over pixels of L1 plus squared error (summed over
-/// the colour channels, divided by 3), plus the latent penalty.
+/// The loss of `vae` on a batch: the weighted reconstruction error of the encoder's mean (below) plus the
+/// latent penalty.
 pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64) -> Result<(Tensor, VaeLoss)> {
-    let x = &batch.x;
-    let moments = vae.encode_moments(x).map_err(candle_core::Error::wrap)?;
+    let moments = vae.encode_moments(&batch.x).map_err(candle_core::Error::wrap)?;
     let mean = moments.narrow(1, 0, moments.dim(1)? / 2)?;
     let y = vae.decode(&mean).map_err(candle_core::Error::wrap)?;
-    let diff = (y - x)?;
-    let per_pixel = (diff.abs()? + diff.sqr()?)?.sum_keepdim(1)?;
-    let reconstruction =
-        ((per_pixel * &batch.weight)?.sum_all()? / (batch.weight.sum_all()?.to_scalar::<f32>()? as f64 * 3.0))?;
+    let reconstruction = reconstruction_error(&y, batch)?;
     let penalty = (mean.sqr()?.mean_all()? * 0.5)?;
     let total = (&reconstruction + (&penalty * latent_penalty)?)?;
-    let scalar = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
     let report =
         VaeLoss { total: scalar(&total)?, reconstruction: scalar(&reconstruction)?, penalty: scalar(&penalty)? };
     Ok((total, report))
+}
+
+/// The decoder phase's loss: the weighted reconstruction error of `trained`'s decoder from `frozen`'s
+/// encoding of the batch, so that no gradient reaches an encoder. With `latent_noise` σ > 0 the latent is
+/// first moved by σ·N(0, 1) of each channel's standard deviation (`frozen`'s latent statistics), drawn
+/// from `seed`.
+pub fn decoder_loss(
+    frozen: &WanVae,
+    trained: &WanVae,
+    batch: &Batch,
+    latent_noise: f64,
+    seed: u64,
+) -> Result<(Tensor, f64)> {
+    let wrap = candle_core::Error::wrap;
+    let mut latent = frozen.encode(&batch.x).map_err(wrap)?;
+    if latent_noise > 0.0 {
+        let noise = (data::normal(seed, latent.dims(), latent.device())? * latent_noise)?;
+        latent = frozen.denormalize(&(frozen.normalize(&latent).map_err(wrap)? + noise)?).map_err(wrap)?;
+    }
+    let y = trained.decode(&latent).map_err(wrap)?;
+    let loss = reconstruction_error(&y, batch)?;
+    let value = scalar(&loss)?;
+    Ok((loss, value))
+}
+
+/// The weighted mean over pixels of L1 plus squared error, summed over the colour channels and divided
+/// by 3.
+fn reconstruction_error(y: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let diff = (y - &batch.x)?;
+    let per_pixel = (diff.abs()? + diff.sqr()?)?.sum_keepdim(1)?;
+    (per_pixel * &batch.weight)?.sum_all()? / (batch.weight.sum_all()?.to_scalar::<f32>()? as f64 * 3.0)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
 /// Per-channel mean and standard deviation of raw latents `[N, z, F, h, w]`, what the VAE's config
@@ -211,7 +258,7 @@ mod tests {
 
     /// Object pixels at the middle frame of every crop of a step, counted through the loss weights.
     fn object_pixels(recipe: &Recipe, step: usize) -> Vec<usize> {
-        let b = batch(recipe, step, &Device::Cpu).unwrap();
+        let b = batch(recipe, Draw::vae(recipe), step, &Device::Cpu).unwrap();
         let (n, _, f, _, _) = b.weight.dims5().unwrap();
         (0..n)
             .map(|i| {
@@ -233,7 +280,7 @@ mod tests {
         // Every crop placed around an object holds a good part of one; random crops often miss.
         assert!(around.iter().all(|&p| p >= 40), "object pixels per crop: {around:?}");
         assert!(random.iter().filter(|&&p| p < 40).count() >= 4, "random crops: {random:?}");
-        let shape = batch(&recipe, 0, &Device::Cpu).unwrap().x.dims5().unwrap();
+        let shape = batch(&recipe, Draw::vae(&recipe), 0, &Device::Cpu).unwrap().x.dims5().unwrap();
         assert_eq!(shape, (4, 3, 9, 24, 24));
     }
 }
