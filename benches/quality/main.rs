@@ -2,13 +2,14 @@
 //! long videos stay consistent where the windows join?
 //!
 //!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
-//!           [--model DIR]
+//!           [--model DIR] [--short]
 //!
 //! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
 //! folder instead of the embedded model.
 //!
 //! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
-//! never saw), one to two objects, plain or two-tone backgrounds. Every prompt is rendered through an
+//! never saw), one to two objects, plain or two-tone backgrounds; `--short` leaves out their speeds and
+//! backgrounds ("a green square moving left"), as people write prompts. Every prompt is rendered through an
 //! in-process farm (coordinator and one worker on loopback, the embedded model, as `patchwork render`
 //! does) four ways:
 //! - one native window (17 frames): the model alone;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use patchwork_coordinator::CoordinatorConfig;
 use patchwork_scenes::eval::{evaluate, Report};
-use patchwork_scenes::{SceneSampler, Video};
+use patchwork_scenes::{CaptionParts, SceneSampler, Video};
 use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
 use patchwork_shared::windows::temporal_seams;
@@ -53,6 +54,8 @@ struct Options {
     keep: Option<PathBuf>,
     /// A pipeline folder to measure instead of the embedded model.
     model: Option<PathBuf>,
+    /// Prompts without speeds and backgrounds.
+    short: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -64,6 +67,7 @@ fn options() -> anyhow::Result<Options> {
         modes: vec![0, 1, 2, 3],
         keep: None,
         model: None,
+        short: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -81,6 +85,7 @@ fn options() -> anyhow::Result<Options> {
             }
             "--keep" => o.keep = Some(PathBuf::from(value()?)),
             "--model" => o.model = Some(PathBuf::from(value()?)),
+            "--short" => o.short = true,
             // cargo bench passes --bench to every harness-less target.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -121,7 +126,9 @@ async fn run(o: Options) -> anyhow::Result<()> {
         Mode { name: "no overlap", frames: o.frames, overlap: 0, fusion: "smooth" },
     ];
     let sampler = SceneSampler::new(64, 64);
-    let prompts: Vec<String> = (0..o.prompts as u64).map(|i| sampler.sample(PROMPT_SEED + i).caption()).collect();
+    let parts = if o.short { CaptionParts { speed: false, background: false } } else { CaptionParts::ALL };
+    let prompts: Vec<String> =
+        (0..o.prompts as u64).map(|i| sampler.sample(PROMPT_SEED + i).caption_with(parts)).collect();
     if let Some(dir) = &o.keep {
         std::fs::create_dir_all(dir)?;
     }
@@ -185,8 +192,9 @@ async fn run(o: Options) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{} prompts ({objects} objects), {:.0} s in all",
+        "\n{} {}prompts ({objects} objects), {:.0} s in all",
         o.prompts,
+        if o.short { "short " } else { "" },
         started.elapsed().as_secs_f64(),
         objects = table[0].2.iter().map(|s| s.objects).sum::<usize>()
     );

@@ -162,7 +162,7 @@ fn speed(word: &str) -> Option<Speed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scene::SceneSampler;
+    use crate::scene::{CaptionParts, SceneSampler};
 
     fn object(colour: Colour, shape: Shape, direction: Direction) -> ObjectExpectation {
         ObjectExpectation { colour: Some(colour), shape: Some(shape), direction: Some(direction), speed: None }
@@ -186,6 +186,20 @@ mod tests {
                 assert_eq!(*got, expected, "{caption}");
             }
             assert_eq!(parsed.background, Some(scene.background.colours()), "{caption}");
+            // A caption without the optional parts reads as one that does not say them.
+            let short = scene.caption_with(CaptionParts { speed: false, background: false });
+            let parsed = parse_prompt(&short);
+            for (want, got) in scene.objects.iter().zip(&parsed.objects) {
+                let expected = ObjectExpectation {
+                    colour: Some(want.colour),
+                    shape: Some(want.shape),
+                    direction: Some(want.direction),
+                    speed: None,
+                };
+                assert_eq!(*got, expected, "{short}");
+            }
+            assert_eq!(parsed.objects.len(), scene.objects.len(), "{short}");
+            assert_eq!(parsed.background, None, "{short}");
         }
     }
 

@@ -6,6 +6,7 @@
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
+#                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

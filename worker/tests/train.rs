@@ -218,3 +218,104 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
         .unwrap();
     assert!(out.iter().all(|v| v.is_finite()));
 }
+
+/// A recipe naming a finished model starts from its weights: with no VAE steps the VAE is kept bit for
+/// bit, the transformer and text encoder move a little from the model's (not from random ones), and the
+/// run resumes as any run does. A model that does not fit the recipe is refused before any work, by file.
+#[test]
+fn a_run_starts_from_a_finished_model_and_fine_tunes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base-model");
+    let config = |recipe: Recipe, name: &str, stop_after: Option<usize>| TrainConfig {
+        recipe,
+        work_dir: tmp.path().join(format!("{name}-work")),
+        out_dir: tmp.path().join(format!("{name}-model")),
+        checkpoint_every: 1,
+        stop_after,
+        device: DeviceName::Cpu(0),
+    };
+    let mut recipe = small_recipe();
+    recipe.dit.stored_dtype = "f32".into();
+    recipe.dit.layers = 2;
+    train::train(&config(recipe.clone(), "base", None), &mut Quiet).unwrap();
+
+    let mut tune = recipe.clone();
+    tune.start_from = Some(base.clone());
+    tune.vae.steps = 0;
+    tune.vae.decoder.steps = 0;
+    tune.dit.steps = 3;
+    tune.dit.lr = 1e-4;
+    tune.dit.caption_part_dropout = 0.5;
+    train::train(&config(tune.clone(), "tuned", None), &mut Quiet).unwrap();
+    let err = train::train(&config(tune.clone(), "resumed", Some(1)), &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("Transformer step 1"), "{err}");
+    train::train(&config(tune.clone(), "resumed", None), &mut Quiet).unwrap();
+    let (a, b) = (files(&tmp.path().join("tuned-model")), files(&tmp.path().join("resumed-model")));
+    for (name, bytes) in &a {
+        assert!(bytes == &b[name], "{name} differs after resuming");
+    }
+
+    let load = |model: &str, file: &str| {
+        candle_core::safetensors::load(tmp.path().join(model).join(file), &Device::Cpu).unwrap()
+    };
+    let vae = "vae/diffusion_pytorch_model.safetensors";
+    let (before, after) = (load("base-model", vae), load("tuned-model", vae));
+    assert_eq!(before.len(), after.len());
+    for (name, t) in &after {
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values(t) == values(&before[name]), "{name} changed with no VAE steps");
+    }
+    for file in ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+        let (before, after) = (load("base-model", file), load("tuned-model", file));
+        let (mut moved, mut total) = (0f32, 0f32);
+        for (name, t) in &after {
+            let (d, n) = (rel(t, &before[name]), before[name].sqr().unwrap().sum_all().unwrap());
+            let n = n.to_scalar::<f32>().unwrap();
+            // Three AdamW steps at 1e-4 move a weight by at most 3e-4 (zero tensors start where they are).
+            if n > 0.0 {
+                moved += d * d * n;
+                total += n;
+            }
+        }
+        let moved = (moved / total).sqrt();
+        assert!(moved > 0.0 && moved < 0.02, "{file}: moved by {moved} from the start model");
+    }
+
+    // Misfits, each refused before any work with the file's name.
+    let refused = |recipe: Recipe, name: &str| {
+        let err = train::train(&config(recipe, name, None), &mut Quiet).unwrap_err().to_string();
+        assert!(!tmp.path().join(format!("{name}-work/latents.safetensors")).exists(), "{name}: work was done");
+        err
+    };
+    let mut wider = tune.clone();
+    wider.dit.ffn_dim *= 2;
+    let err = refused(wider, "wider");
+    assert!(err.contains("transformer/diffusion_pytorch_model.safetensors") && err.contains("does not fit"), "{err}");
+    let mut shallower = tune.clone();
+    shallower.dit.layers = 1;
+    let err = refused(shallower, "shallower");
+    assert!(err.contains("transformer/diffusion_pytorch_model.safetensors") && err.contains("does not have"), "{err}");
+    let mut nowhere = tune.clone();
+    nowhere.start_from = Some(tmp.path().join("no-such-model"));
+    let err = refused(nowhere, "nowhere");
+    assert!(err.contains("no-such-model") && err.contains("not a pipeline folder"), "{err}");
+    let other_words = tmp.path().join("other-words");
+    for (name, bytes) in files(&base) {
+        let path = other_words.join(&name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let bytes = if name.ends_with("tokenizer.json") {
+            String::from_utf8(bytes).unwrap().replacen("\"circle\"", "\"disc\"", 1).into_bytes()
+        } else {
+            bytes
+        };
+        std::fs::write(path, bytes).unwrap();
+    }
+    let mut words = tune.clone();
+    words.start_from = Some(other_words);
+    let err = refused(words, "words");
+    assert!(err.contains("tokenizer.json") && err.contains("vocabulary"), "{err}");
+    let mut untrained = tune;
+    untrained.start_from = None;
+    let err = refused(untrained, "untrained");
+    assert!(err.contains("vae.steps") && err.contains("start_from"), "{err}");
+}

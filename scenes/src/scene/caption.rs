@@ -2,11 +2,14 @@
 //! tokenizer is word-level over [`vocabulary`] and learns faster when every caption has the same shape.
 //!
 //! ```text
-//! caption    = object [ "and" object ] "on a" background "background"
-//! object     = "a" colour shape "moving" speed direction
+//! caption    = object [ "and" object ] [ "on a" background "background" ]
+//! object     = "a" colour shape "moving" [ speed ] direction
 //! speed      = "slowly" | "quickly"
 //! background = bgcolour [ "and" bgcolour ]        (two-tone: top or left half first)
 //! ```
+//!
+//! A scene's full caption has every part; [`CaptionParts`] leaves out the optional ones, so that the model
+//! also learns prompts that do not say everything ("a green square moving left").
 
 use super::{Background, Direction, Scene, SceneObject, Shape, Speed};
 use crate::palette::{BackgroundColour, Colour};
@@ -17,19 +20,43 @@ const GRAMMAR_WORDS: [&str; 5] = ["a", "and", "on", "moving", "background"];
 impl Scene {
     /// The scene in words, e.g. "a red circle moving slowly right on a dark blue background".
     pub fn caption(&self) -> String {
-        let objects: Vec<String> = self.objects.iter().map(describe).collect();
-        format!("{} on a {} background", objects.join(" and "), self.background)
+        self.caption_with(CaptionParts::ALL)
+    }
+
+    /// The scene in words, with only the optional parts `parts` names, e.g. "a red circle moving right"
+    /// with neither speed nor background.
+    pub fn caption_with(&self, parts: CaptionParts) -> String {
+        let objects: Vec<String> = self.objects.iter().map(|o| describe(o, parts.speed)).collect();
+        let objects = objects.join(" and ");
+        if parts.background {
+            format!("{objects} on a {} background", self.background)
+        } else {
+            objects
+        }
     }
 }
 
-fn describe(object: &SceneObject) -> String {
-    format!(
-        "a {} {} moving {} {}",
-        object.colour.name(),
-        object.shape.name(),
-        object.speed.name(),
-        object.direction.name()
-    )
+/// Which optional parts of the grammar a caption has (the objects' colour, shape and direction it
+/// always has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptionParts {
+    /// Each object's speed word.
+    pub speed: bool,
+    /// "on a … background".
+    pub background: bool,
+}
+
+impl CaptionParts {
+    pub const ALL: CaptionParts = CaptionParts { speed: true, background: true };
+}
+
+fn describe(object: &SceneObject, speed: bool) -> String {
+    let (colour, shape, direction) = (object.colour.name(), object.shape.name(), object.direction.name());
+    if speed {
+        format!("a {colour} {shape} moving {} {direction}", object.speed.name())
+    } else {
+        format!("a {colour} {shape} moving {direction}")
+    }
 }
 
 /// Every word any caption can contain, sorted and without duplicates ("blue" is both an object
@@ -77,6 +104,27 @@ mod tests {
             scene.caption(),
             "a red circle moving slowly right and a green triangle moving quickly down on a black and gray background"
         );
+    }
+
+    #[test]
+    fn captions_leave_out_the_parts_asked() {
+        let scene = Scene {
+            width: 64,
+            height: 64,
+            background: Background::LeftRight(BackgroundColour::DarkGreen, BackgroundColour::Gray),
+            objects: vec![
+                object(Colour::Green, Shape::Square, Speed::Quickly, Direction::Left),
+                object(Colour::Blue, Shape::Triangle, Speed::Slowly, Direction::Up),
+            ],
+        };
+        let with = |speed, background| scene.caption_with(CaptionParts { speed, background });
+        assert_eq!(with(true, true), scene.caption());
+        assert_eq!(
+            with(false, true),
+            "a green square moving left and a blue triangle moving up on a dark green and gray background"
+        );
+        assert_eq!(with(true, false), "a green square moving quickly left and a blue triangle moving slowly up");
+        assert_eq!(with(false, false), "a green square moving left and a blue triangle moving up");
     }
 
     #[test]

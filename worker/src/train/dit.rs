@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use patchwork_scenes::{Scene, SceneSampler};
+use patchwork_scenes::{CaptionParts, Scene, SceneSampler};
 
 use super::data::{self, Stream};
 use super::recipe::Recipe;
@@ -15,7 +15,8 @@ use crate::model::t5::TextEncoder;
 pub struct Dataset {
     /// `[N, z, F, h, w]`.
     pub latents: Tensor,
-    pub captions: Vec<String>,
+    /// Each clip's caption in its four forms ([`caption_forms`]).
+    pub captions: Vec<CaptionForms>,
     /// `[N, 1, F, h, w]`: each latent position's weight in the loss (see [`object_weights`]); `None`
     /// weighs all alike.
     pub weights: Option<Tensor>,
@@ -29,6 +30,22 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.captions.is_empty()
     }
+}
+
+/// A clip's caption with and without its optional parts: form `s + 2·b` leaves out the speed words when
+/// `s` is 1 and the background when `b` is 1, so form 0 is the full caption.
+pub type CaptionForms = [String; 4];
+
+/// The caption forms of the dataset's first `count` clips (scene `i` drawn as the latents phase drew it).
+pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<CaptionForms> {
+    let sampler = SceneSampler::new(recipe.width, recipe.height);
+    (0..count)
+        .map(|i| {
+            let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
+            let form = |speed, background| scene.caption_with(CaptionParts { speed, background });
+            [form(true, true), form(false, true), form(true, false), form(false, false)]
+        })
+        .collect()
 }
 
 /// The inputs of transformer step `step`: which clips, at which noise levels, with which captions.
@@ -83,10 +100,24 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     let picks: Vec<u32> =
         draws(0).iter().map(|u| ((u * data.len() as f64) as usize).min(data.len() - 1) as u32).collect();
     let sigmas: Vec<f32> = draws(1).iter().map(|&u| (r.shift * u / (1.0 + (r.shift - 1.0) * u)) as f32).collect();
+    // Each optional part is left out on a draw of its own; at a part dropout of 0 every caption is full
+    // and the batch is what it was before part dropout existed.
+    let left_out = |u: f64| (u < r.caption_part_dropout) as usize;
+    let forms =
+        draws(3).into_iter().zip(draws(4)).map(|(speed, background)| left_out(speed) + 2 * left_out(background));
     let captions = picks
         .iter()
         .zip(draws(2))
-        .map(|(&i, u)| if u < r.caption_dropout { String::new() } else { data.captions[i as usize].clone() })
+        .zip(forms)
+        .map(
+            |((&i, u), form)| {
+                if u < r.caption_dropout {
+                    String::new()
+                } else {
+                    data.captions[i as usize][form].clone()
+                }
+            },
+        )
         .collect();
     let x0 = data.latents.index_select(&Tensor::from_vec(picks.clone(), r.batch, device)?, 0)?;
     let eps = data::normal(data::seed_for(recipe.seed, Stream::DitNoise, step as u64, 0), x0.dims(), device)?;
@@ -119,6 +150,51 @@ pub fn loss(dit: &WanTransformer, text: &TextEncoder, text_len: usize, batch: &B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_dropout_leaves_out_speeds_and_backgrounds_apart() -> Result<()> {
+        let mut recipe = Recipe::default();
+        recipe.dit.batch = 64;
+        let clips = 8;
+        let captions = caption_forms(&recipe, clips);
+        let data = Dataset {
+            latents: Tensor::zeros((clips, 16, 5, 8, 8), DType::F32, &Device::Cpu)?,
+            captions,
+            weights: None,
+        };
+        let full = |c: &str| data.captions.iter().any(|f| f[0] == c);
+        let speed = |c: &str| c.contains("slowly") || c.contains("quickly");
+        let (mut total, mut no_speed, mut no_background, mut neither) = (0, 0, 0, 0);
+        for step in 0..8 {
+            let plain = batch(&recipe, &data, step, &Device::Cpu)?;
+            assert!(plain.captions.iter().all(|c| c.is_empty() || full(c)), "{:?}", plain.captions);
+            recipe.dit.caption_part_dropout = 0.5;
+            let parted = batch(&recipe, &data, step, &Device::Cpu)?;
+            recipe.dit.caption_part_dropout = 0.0;
+            // The same clips, noise levels and empty prompts; only the captions' forms differ.
+            assert_eq!(plain.timesteps.to_vec1::<f32>()?, parted.timesteps.to_vec1::<f32>()?);
+            for (a, b) in plain.captions.iter().zip(&parted.captions) {
+                assert_eq!(a.is_empty(), b.is_empty());
+                if a.is_empty() {
+                    continue;
+                }
+                let forms = data.captions.iter().find(|f| &f[0] == a).expect("a full caption");
+                assert!(forms.contains(b), "{b:?} is not a form of {a:?}");
+                total += 1;
+                no_speed += !speed(b) as usize;
+                no_background += !b.contains("background") as usize;
+                neither += (!speed(b) && !b.contains("background")) as usize;
+            }
+        }
+        // About half of each, drawn apart (8 × 64 captions less the empty tenth).
+        assert!(total > 400, "{total}");
+        for (what, n, share) in [("speed", no_speed, 0.5), ("background", no_background, 0.5), ("both", neither, 0.25)]
+        {
+            let seen = n as f64 / total as f64;
+            assert!((seen - share).abs() < 0.1, "{what} left out of {n} of {total}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn object_weights_mark_the_latent_positions_objects_touch() -> Result<()> {

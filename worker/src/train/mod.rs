@@ -1,11 +1,13 @@
 //! Training the project's tiny Wan2.1 on procedural videos, with the same model code that serves it.
 //!
-//! Three phases, each resumable from its last checkpoint in a work folder:
+//! Four phases, each resumable from its last checkpoint in a work folder:
 //! 1. the VAE learns to reconstruct clips ([`vae`]);
 //! 2. a fixed set of clips is encoded once, which also gives the per-channel latent statistics;
-//! 3. the transformer and the umT5 text encoder learn together to denoise those latents ([`dit`]).
+//! 3. the transformer and the umT5 text encoder learn together to denoise those latents ([`dit`]);
+//! 4. when the recipe asks, the decoder alone learns more, the encoder frozen.
 //!
-//! The result is written as a diffusers `WanPipeline` folder ([`export`]).
+//! The weights start random, or from a finished model when the recipe names one (`start_from`), so that
+//! a run can fine-tune the shipped model. The result is written as a diffusers `WanPipeline` folder ([`export`]).
 
 pub mod data;
 pub mod dit;
@@ -14,6 +16,7 @@ pub mod optim;
 pub mod params;
 pub mod recipe;
 mod run;
+mod start;
 pub mod tokenizer;
 pub mod vae;
 

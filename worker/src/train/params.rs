@@ -45,6 +45,18 @@ impl Params {
         lock(&self.vars).iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
     }
 
+    /// The saved values no variable has taken (after the model was built): a saved set meant for a
+    /// larger model.
+    pub fn unused(&self) -> Vec<String> {
+        let vars = lock(&self.vars);
+        let mut names: Vec<String> = match &self.start {
+            Start::Saved(saved) => saved.keys().filter(|k| !vars.contains_key(*k)).cloned().collect(),
+            Start::Random { .. } => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
     /// The number of scalar parameters.
     pub fn count(&self) -> usize {
         lock(&self.vars).values().map(|v| v.elem_count()).sum()

@@ -17,6 +17,12 @@ pub struct Recipe {
     pub vae: VaeRecipe,
     pub dit: DitRecipe,
     pub text: TextRecipe,
+    /// A pipeline folder (a finished run's output, e.g. `models/tiny`) whose weights the phases start
+    /// from instead of random ones: the VAE phase from its VAE, the transformer's from its transformer
+    /// and text encoder. Its sizes must be the recipe's. With `vae.steps` 0 its VAE is kept as it is,
+    /// and the run fine-tunes the transformer. A relative path is taken from where `train` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_from: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +91,10 @@ pub struct DitRecipe {
     /// The share of captions replaced by the empty prompt, so that classifier-free guidance has an
     /// unconditional model to push away from.
     pub caption_dropout: f64,
+    /// The chance that a caption leaves out each optional part of its grammar, the speed words and the
+    /// background (drawn apart): prompts that do not say everything then still draw what they say.
+    #[serde(default)]
+    pub caption_part_dropout: f64,
     /// Noise levels are drawn as `shift·u / (1 + (shift − 1)·u)` for uniform `u`: the distribution the
     /// sampler's shifted schedule visits.
     pub shift: f64,
@@ -119,7 +129,8 @@ pub struct TextRecipe {
 }
 
 impl Default for Recipe {
-    /// The shipped model's recipe (`models/tiny/`).
+    /// The recipe of the shipped model's first run (`models/tiny/` is that run fine-tuned by
+    /// `models/recipes/finetune-captions.json`).
     fn default() -> Self {
         Recipe {
             seed: 2026,
@@ -152,11 +163,13 @@ impl Default for Recipe {
                 lr: 1.5e-3,
                 clips: 8000,
                 caption_dropout: 0.1,
+                caption_part_dropout: 0.0,
                 shift: 3.0,
                 object_weight: 5.0,
                 stored_dtype: "f16".into(),
             },
             text: TextRecipe { d_model: 128, heads: 4, d_kv: 32, d_ff: 256, layers: 2, text_len: 32 },
+            start_from: None,
         }
     }
 }
@@ -251,6 +264,12 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.dit.caption_dropout) || self.dit.shift <= 0.0 {
             return Err("caption_dropout must be in [0, 1) and shift positive".into());
         }
+        if !(0.0..1.0).contains(&self.dit.caption_part_dropout) {
+            return Err(format!("dit.caption_part_dropout must be in [0, 1), got {}", self.dit.caption_part_dropout));
+        }
+        if self.vae.steps == 0 && self.start_from.is_none() {
+            return Err("vae.steps must be positive unless start_from names a model whose VAE is kept".into());
+        }
         self.transformer_config().validate().map_err(|e| e.to_string())?;
         self.vae_config().validate().map_err(|e| e.to_string())?;
         Ok(())
@@ -272,6 +291,31 @@ mod tests {
         assert!(cpu.vae.decoder.steps > 0 && cpu.vae.decoder.steps < default.vae.decoder.steps);
         assert!(cpu.dit.steps * cpu.dit.batch < default.dit.steps * default.dit.batch);
 
+        // The fine-tune keeps the shipped model's sizes and data and trains its transformer further.
+        let tune: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-captions.json")).unwrap();
+        tune.validate().unwrap();
+        assert_eq!(tune.start_from.as_deref(), Some(std::path::Path::new("models/tiny")));
+        assert_eq!((tune.vae.steps, tune.vae.decoder.steps), (0, 0));
+        assert!(tune.dit.caption_part_dropout > 0.0);
+        let same = Recipe {
+            start_from: None,
+            vae: VaeRecipe { steps: default.vae.steps, decoder: default.vae.decoder.clone(), ..tune.vae.clone() },
+            dit: DitRecipe {
+                steps: default.dit.steps,
+                batch: default.dit.batch,
+                lr: default.dit.lr,
+                caption_part_dropout: default.dit.caption_part_dropout,
+                ..tune.dit.clone()
+            },
+            ..tune.clone()
+        };
+        assert_eq!(same, default);
+
+        let mut bad = default.clone();
+        bad.dit.caption_part_dropout = 1.0;
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.caption_part_dropout"), "{err}");
         let mut bad = default.clone();
         bad.dit.stored_dtype = "f8".into();
         let err = bad.validate().unwrap_err();

@@ -19,6 +19,7 @@ use super::dit::{self, Dataset};
 use super::export::{self, write_file};
 use super::optim::{AdamW, AdamWConfig};
 use super::params::{Params, Start};
+use super::start::StartModel;
 use super::{vae, Recipe, TrainError};
 use crate::group::DeviceName;
 use crate::model::dit::WanTransformer;
@@ -145,9 +146,23 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let tokenizer_json = serde_json::to_vec(&super::tokenizer::tokenizer_json(&vocabulary))
         .map_err(|e| TrainError::Recipe(e.to_string()))?;
 
+    // A fine-tune's start model, read and checked before any work (once a phase past its start has a
+    // checkpoint, the run resumes from that instead).
+    let starting =
+        matches!(state.phase, Phase::Vae | Phase::Latents) || (state.phase == Phase::Transformer && state.step == 0);
+    let vocab_size = super::tokenizer::SPECIAL.len() + vocabulary.len();
+    let start_from = match &r.start_from {
+        Some(dir) if starting => Some(StartModel::open(dir, &r, vocab_size, &tokenizer_json)?),
+        _ => None,
+    };
+    if let (Some(dir), Some(_)) = (&r.start_from, &start_from) {
+        progress.note(&format!("starting from the weights of {}", dir.display()));
+    }
+
     // Phase 1: the VAE.
-    let vae_params = Arc::new(Params::new(match state.phase {
-        Phase::Vae if state.step == 0 => Start::Random { seed: r.seed, zero: |_| false },
+    let vae_params = Arc::new(Params::new(match (state.phase, &start_from) {
+        (Phase::Vae, None) if state.step == 0 => Start::Random { seed: r.seed, zero: |_| false },
+        (Phase::Vae, Some(model)) if state.step == 0 => Start::Saved(model.vae.clone()),
         _ => Start::Saved(load_params(&work.join(VAE_CKPT), "")?),
     }));
     let vae_model = WanVae::new(r.vae_config(), vae_params.var_builder(&device))?;
@@ -174,6 +189,10 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         }
         if state.step < r.vae.steps {
             return Err(stopped(&state));
+        }
+        if r.vae.steps == 0 {
+            // The start model's VAE, kept: the later phases and a resumed run read it from here.
+            save_checkpoint(work, VAE_CKPT, &vae_params, &opt)?;
         }
         state.phase = Phase::Latents;
         state.step = 0;
@@ -228,17 +247,27 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         .remove("raw")
         .ok_or_else(|| TrainError::WorkDir { path: work.join(LATENTS), msg: "no `raw` tensor".into() })?;
     let captions: Vec<String> = read_json(&work.join(CAPTIONS))?;
+    let forms = dit::caption_forms(&r, captions.len());
+    if let Some(i) = (0..captions.len()).find(|&i| forms[i][0] != captions[i]) {
+        return Err(TrainError::WorkDir {
+            path: work.join(CAPTIONS),
+            msg: format!("clip {i}'s caption {:?} is not its scene's ({:?})", captions[i], forms[i][0]),
+        });
+    }
     let stats = vae::latent_stats(&raw)?;
     let final_vae = served_vae(Some(stats.clone()))?;
     // The transformer phase runs on the asked device, with the whole dataset there.
     let weights =
         if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &dit_device)?) };
-    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&dit_device)?, captions, weights };
+    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&dit_device)?, captions: forms, weights };
 
     // Phase 3: the transformer and the text encoder.
-    let text_config = r.text_encoder_config(super::tokenizer::SPECIAL.len() + vocabulary.len());
+    let text_config = r.text_encoder_config(vocab_size);
     let dit_config = r.transformer_config();
-    let start = if state.phase == Phase::Transformer && state.step == 0 {
+    let fresh = state.phase == Phase::Transformer && state.step == 0;
+    let start = if let (true, Some(model)) = (fresh, &start_from) {
+        (Start::Saved(model.transformer.clone()), Start::Saved(model.text_encoder.clone()))
+    } else if fresh {
         (
             Start::Random { seed: r.seed ^ 0x5151, zero: |name| name.starts_with("proj_out.") },
             Start::Random { seed: r.seed ^ 0x7e47, zero: |_| false },
@@ -252,8 +281,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let dit_params = Arc::new(Params::new(start.0));
     let text_params = Arc::new(Params::new(start.1));
     let dit_model = WanTransformer::new(&dit_config, dit_params.var_builder(&dit_device))?;
+    let text_model = UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?;
     let tokenizer = PromptTokenizer::from_json(&tokenizer_json, "<training tokenizer.json>")?;
-    let text = TextEncoder::new(tokenizer, UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?);
+    let text = TextEncoder::new(tokenizer, text_model);
     if state.phase == Phase::Transformer {
         let mut vars = Vec::new();
         for (prefix, p) in [("transformer.", &dit_params), ("text_encoder.", &text_params)] {
@@ -334,7 +364,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             let started = Instant::now();
             let vb = candle_nn::VarBuilder::from_tensors(tuned.tensors(), candle_core::DType::F32, &device);
             let served = WanVae::new(final_vae.config().clone(), vb)?;
-            let check = reconstruction_check(&r, &served, &raw, &dataset.captions)?;
+            let check = reconstruction_check(&r, &served, &raw, &captions)?;
             progress.note(&check_line("decoder", &check));
             state.decoder_check = Some(check);
             state.seconds += started.elapsed().as_secs_f64();
@@ -443,7 +473,7 @@ fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<(), Tr
 
 /// The tensors of a safetensors file whose names start with `prefix`, with the prefix removed; with an
 /// empty prefix, those without an `opt.` prefix.
-fn load_params(path: &Path, prefix: &str) -> Result<HashMap<String, Tensor>, TrainError> {
+pub(super) fn load_params(path: &Path, prefix: &str) -> Result<HashMap<String, Tensor>, TrainError> {
     let all = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| TrainError::WorkDir { path: path.to_path_buf(), msg: e.to_string() })?;
     Ok(all
@@ -469,7 +499,7 @@ fn write_state(work: &Path, state: &State) -> Result<(), TrainError> {
     write_file(&work.join(STATE), &text)
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
     let text = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     serde_json::from_slice(&text).map_err(|e| TrainError::WorkDir { path: path.to_path_buf(), msg: e.to_string() })
 }
