@@ -15,7 +15,7 @@ pub struct TrainArgs {
     /// Checkpoints and state; a run found here with the same recipe is resumed.
     #[arg(long, default_value = "train-work", env = "PATCHWORK_TRAIN_WORK_DIR")]
     pub work_dir: PathBuf,
-    /// The recipe as JSON [default: the shipped model's recipe, printed by --print-recipe].
+    /// The recipe as JSON [default: the shipped model's first run, printed by --print-recipe].
     #[arg(long)]
     pub recipe: Option<PathBuf>,
     /// Overrides the recipe's seed.
