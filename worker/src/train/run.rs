@@ -281,9 +281,8 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let dit_params = Arc::new(Params::new(start.0));
     let text_params = Arc::new(Params::new(start.1));
     let dit_model = WanTransformer::new(&dit_config, dit_params.var_builder(&dit_device))?;
-    let text_model = UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?;
     let tokenizer = PromptTokenizer::from_json(&tokenizer_json, "<training tokenizer.json>")?;
-    let text = TextEncoder::new(tokenizer, text_model);
+    let text = TextEncoder::new(tokenizer, UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?);
     if state.phase == Phase::Transformer {
         let mut vars = Vec::new();
         for (prefix, p) in [("transformer.", &dit_params), ("text_encoder.", &text_params)] {

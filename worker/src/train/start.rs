@@ -14,7 +14,7 @@ use crate::model::dit::WanTransformer;
 use crate::model::t5::UMT5Encoder;
 use crate::model::vae::WanVae;
 
-/// A pipeline folder's weights, in f32, by component.
+/// A pipeline folder's weights as stored (f16 or f32; the run's variables take them as f32), by component.
 pub(super) struct StartModel {
     pub vae: HashMap<String, Tensor>,
     pub transformer: HashMap<String, Tensor>,
@@ -45,7 +45,9 @@ impl StartModel {
         // Each component is built once on its weights: a missing tensor or a shape the recipe's model does
         // not have fails here, with the file's name, and a tensor the model never asked for is left over.
         let checked = |file: &str, build: &dyn Fn(&Arc<Params>) -> Result<(), String>| {
-            let params = Arc::new(Params::new(Start::Saved(load_params(&dir.join(file), "")?)));
+            let weights = load_params(&dir.join(file), "")?;
+            // The check's variables are copies, dropped after it; the run's start from `weights`.
+            let params = Arc::new(Params::new(Start::Saved(weights.clone())));
             build(&params).map_err(|e| unfit(file, format!("does not fit the recipe's model: {e}")))?;
             let unused = params.unused();
             if !unused.is_empty() {
@@ -53,7 +55,7 @@ impl StartModel {
                 let msg = format!("{} tensors the recipe's model does not have ({shown}, …)", unused.len());
                 return Err(unfit(file, msg));
             }
-            Ok(params.tensors())
+            Ok(weights)
         };
         let cpu = Device::Cpu;
         Ok(StartModel {
