@@ -57,6 +57,18 @@ fn eval_reads_a_procedural_video_and_finds_spliced_seams() {
     let smooth = report["seams"]["position_px"]["ratio"].as_f64().unwrap();
     assert!(smooth < 1.5, "an unspliced video shows its seams: {smooth}");
 
+    // A reader that stops before the report (`| head`) ends the command quietly, without a panic.
+    let mut child = Command::new(BIN)
+        .args(["eval", file, "--prompt", &caption])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+
     // The second half taken from another scene: the object jumps at frame 17.
     let second = other.render(33);
     let split = 17 * whole.frame_len();

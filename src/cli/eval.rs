@@ -1,6 +1,7 @@
 //! `patchwork eval`: measures a video against its prompt (colour, shape, direction of each object, and
 //! how smoothly it changes, also across the farm's window seams) and prints the report as JSON.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -48,8 +49,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let report = patchwork_scenes::eval::evaluate(&video, &args.prompt, seams.as_deref());
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    let text = serde_json::to_string_pretty(&report)?;
+    // A reader that stops early (`| head`) is not an error of the measurement.
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing the report"),
+        _ => Ok(()),
+    }
 }
 
 fn check_frames(what: &str, frames: usize, g: &ModelGeometry) -> anyhow::Result<()> {

@@ -103,7 +103,13 @@ fn small_recipe() -> Recipe {
     r.vae.steps = 3;
     r.vae.batch = 2;
     r.vae.clips = vec![ClipShape { frames: 9, crop: 16 }, ClipShape { frames: 13, crop: 8 }];
-    r.vae.decoder = DecoderRecipe { steps: 3, lr: 1e-3, object_weight: 3.0, latent_noise: 0.1 };
+    r.vae.decoder = DecoderRecipe {
+        steps: 3,
+        lr: 1e-3,
+        object_weight: 3.0,
+        latent_noise: 0.1,
+        clips: vec![ClipShape { frames: 9, crop: 16 }, ClipShape { frames: 17, crop: 8 }],
+    };
     r.dit.heads = 2;
     r.dit.head_dim = 8;
     r.dit.layers = 1;
@@ -185,6 +191,13 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
     assert!(frozen > 20 && moved > 20, "{frozen} frozen, {moved} moved");
     let check = summary.decoder_reconstruction.expect("a check after the decoder's phase");
     assert!(check.psnr.is_finite() && check.clips == 8, "{check:?}");
+    // The decoder trained on clips longer than the transformer's, so it was measured on such clips too.
+    let long = summary.long_reconstruction.expect("a check of long clips");
+    assert_eq!(long.frames, 17);
+    for check in [&long.before, &long.after] {
+        assert!(check.clips == 16 && check.psnr_by_frame.len() == 17 && check.psnr.is_finite(), "{check:?}");
+    }
+    assert_ne!(long.before.psnr, long.after.psnr, "the decoder's phase changed nothing");
 
     // Another recipe in the same work folder is refused, by name.
     let mut other = config("straight", None);

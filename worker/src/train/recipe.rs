@@ -53,7 +53,8 @@ pub struct VaeRecipe {
 /// The decoder's own phase, after the transformer's. The encoder is frozen, so the latents the transformer
 /// learned stay exactly what they were, and the decoder can keep learning what the joint training left
 /// undone (the objects' colours, mostly) without moving them. Its clips are drawn as the VAE phase's are
-/// (the same shapes, batch and object crops) from a stream of their own.
+/// (the same batch and object crops, and the same shapes unless it names its own) from a stream of
+/// their own.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DecoderRecipe {
     pub steps: usize,
@@ -65,6 +66,11 @@ pub struct DecoderRecipe {
     /// which are never exactly an encoder's.
     #[serde(default)]
     pub latent_noise: f64,
+    /// The decoder phase's own clip shapes, cycled step by step; empty: the VAE phase's (`vae.clips`).
+    /// The farm runs the causal decoder over up to 16 latent frames at once (a chunk of 8 after 8 of
+    /// context, 61 video frames), several windows long, so its decoder must have seen clips as long.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clips: Vec<ClipShape>,
 }
 
 /// One shape of VAE training clip.
@@ -151,7 +157,13 @@ impl Default for Recipe {
                 object_weight: 1.0,
                 object_crops: 0.75,
                 latent_penalty: 1e-4,
-                decoder: DecoderRecipe { steps: 2000, lr: 1e-3, object_weight: 5.0, latent_noise: 0.3 },
+                decoder: DecoderRecipe {
+                    steps: 2000,
+                    lr: 1e-3,
+                    object_weight: 5.0,
+                    latent_noise: 0.3,
+                    clips: Vec::new(),
+                },
             },
             dit: DitRecipe {
                 heads: 6,
@@ -245,15 +257,17 @@ impl Recipe {
         if self.vae.clips.is_empty() {
             return Err("vae.clips must list at least one clip shape".into());
         }
-        for (i, c) in self.vae.clips.iter().enumerate() {
-            if c.frames < 9 || !(c.frames - 1).is_multiple_of(4) {
-                return Err(format!(
-                    "vae.clips[{i}].frames must be 1 + a multiple of 4 and at least 9, got {}",
-                    c.frames
-                ));
-            }
-            if c.crop == 0 || !c.crop.is_multiple_of(8) {
-                return Err(format!("vae.clips[{i}].crop must be a positive multiple of 8, got {}", c.crop));
+        for (field, clips) in [("vae.clips", &self.vae.clips), ("vae.decoder.clips", &d.clips)] {
+            for (i, c) in clips.iter().enumerate() {
+                if c.frames < 9 || !(c.frames - 1).is_multiple_of(4) {
+                    return Err(format!(
+                        "{field}[{i}].frames must be 1 + a multiple of 4 and at least 9, got {}",
+                        c.frames
+                    ));
+                }
+                if c.crop == 0 || !c.crop.is_multiple_of(8) {
+                    return Err(format!("{field}[{i}].crop must be a positive multiple of 8, got {}", c.crop));
+                }
             }
         }
         if self.vae.batch == 0 || self.dit.batch == 0 || self.dit.clips < self.dit.batch {
@@ -312,6 +326,37 @@ mod tests {
         };
         assert_eq!(same, default);
 
+        // The decoder's fine-tune keeps everything but the decoder, which it trains on long clips.
+        let long: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-long-decoder.json")).unwrap();
+        long.validate().unwrap();
+        assert_eq!(long.start_from.as_deref(), Some(std::path::Path::new("models/tiny")));
+        assert_eq!((long.vae.steps, long.dit.steps), (0, 0));
+        assert!(long.vae.decoder.steps > 0 && long.vae.decoder.clips.iter().any(|c| c.frames > 4 * long.frames));
+        let same = Recipe {
+            start_from: None,
+            vae: VaeRecipe {
+                steps: default.vae.steps,
+                decoder: DecoderRecipe {
+                    steps: default.vae.decoder.steps,
+                    lr: default.vae.decoder.lr,
+                    clips: Vec::new(),
+                    ..long.vae.decoder.clone()
+                },
+                ..long.vae.clone()
+            },
+            // The transformer's fields are the caption fine-tune's, and idle: it takes no steps.
+            dit: DitRecipe {
+                steps: default.dit.steps,
+                batch: default.dit.batch,
+                lr: default.dit.lr,
+                caption_part_dropout: default.dit.caption_part_dropout,
+                ..long.dit.clone()
+            },
+            ..long.clone()
+        };
+        assert_eq!(same, default);
+
         let mut bad = default.clone();
         bad.dit.caption_part_dropout = 1.0;
         let err = bad.validate().unwrap_err();
@@ -321,8 +366,15 @@ mod tests {
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.stored_dtype") && err.contains("f8"), "{err}");
         let mut bad = default;
-        bad.vae.decoder = DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0 };
+        bad.vae.decoder = DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0, clips: vec![] };
         let err = bad.validate().unwrap_err();
         assert!(err.contains("vae.decoder.object_weight") && err.contains("0.5"), "{err}");
+        let mut bad = Recipe::default();
+        bad.vae.decoder.clips = vec![ClipShape { frames: 77, crop: 16 }, ClipShape { frames: 76, crop: 16 }];
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("vae.decoder.clips[1].frames") && err.contains("76"), "{err}");
+        bad.vae.decoder.clips[1] = ClipShape { frames: 41, crop: 12 };
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("vae.decoder.clips[1].crop") && err.contains("12"), "{err}");
     }
 }

@@ -75,6 +75,18 @@ pub struct Summary {
     pub final_transformer_loss: Option<f64>,
     /// The same clips reconstructed after the decoder's own phase.
     pub decoder_reconstruction: Option<vae::ReconstructionCheck>,
+    /// Clips as long as the decoder phase's longest, reconstructed before and after that phase, when
+    /// they are longer than the recipe's clips.
+    pub long_reconstruction: Option<LongCheck>,
+}
+
+/// Reconstructions of clips longer than the transformer's, before and after the decoder's phase: the
+/// farm runs the causal decoder over several windows' latent frames at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LongCheck {
+    pub frames: usize,
+    pub before: vae::ReconstructionCheck,
+    pub after: vae::ReconstructionCheck,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +104,9 @@ struct State {
     /// The same after the decoder's own phase.
     #[serde(default)]
     decoder_check: Option<vae::ReconstructionCheck>,
+    /// Long clips before and after the decoder's own phase.
+    #[serde(default)]
+    long_check: Option<LongCheck>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +126,8 @@ const DECODER_CKPT: &str = "decoder.safetensors";
 /// Unseen clips (the first of the transformer's dataset, which the VAE never trains on) on which the
 /// reconstructions are measured.
 const CHECK_CLIPS: usize = 64;
+/// Unseen clips for the check of long clips.
+const LONG_CHECK_CLIPS: usize = 16;
 
 /// Runs (or resumes) the recipe to the end, or to `stop_after` steps.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, TrainError> {
@@ -138,6 +155,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             log: Vec::new(),
             vae_check: None,
             decoder_check: None,
+            long_check: None,
         },
     };
     let mut budget = cfg.stop_after.unwrap_or(usize::MAX);
@@ -366,6 +384,14 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             let check = reconstruction_check(&r, &served, &raw, &captions)?;
             progress.note(&check_line("decoder", &check));
             state.decoder_check = Some(check);
+            let longest = r.vae.decoder.clips.iter().map(|c| c.frames).max().unwrap_or(0);
+            if longest > r.frames {
+                let before = long_reconstruction_check(&r, &final_vae, longest)?;
+                progress.note(&check_line(&format!("{longest}-frame: before the decoder's phase,"), &before));
+                let after = long_reconstruction_check(&r, &served, longest)?;
+                progress.note(&check_line(&format!("{longest}-frame: after it,"), &after));
+                state.long_check = Some(LongCheck { frames: longest, before, after });
+            }
             state.seconds += started.elapsed().as_secs_f64();
             state.phase = Phase::Done;
             state.step = 0;
@@ -399,6 +425,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         vae_reconstruction: state.vae_check.clone(),
         final_transformer_loss: last(Phase::Transformer),
         decoder_reconstruction: state.decoder_check.clone(),
+        long_reconstruction: state.long_check.clone(),
     })
 }
 
@@ -417,6 +444,20 @@ fn reconstruction_check(
         .collect();
     let x = data::video_batch(&videos, &Device::Cpu)?;
     Ok(vae::reconstruction_check(vae, &x, &raw.narrow(0, 0, n)?, &captions[..n])?)
+}
+
+/// How well `vae` reconstructs [`LONG_CHECK_CLIPS`] unseen clips of `frames` frames (the scenes of the
+/// transformer's first clips, rendered longer).
+fn long_reconstruction_check(r: &Recipe, vae: &WanVae, frames: usize) -> Result<vae::ReconstructionCheck, TrainError> {
+    let sampler = SceneSampler::new(r.width, r.height);
+    let scenes: Vec<_> = (0..LONG_CHECK_CLIPS)
+        .map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64)))
+        .collect();
+    let videos: Vec<_> = scenes.iter().map(|s| s.render(frames)).collect();
+    let captions: Vec<_> = scenes.iter().map(|s| s.caption()).collect();
+    let x = data::video_batch(&videos, &Device::Cpu)?;
+    let latents = vae.encode(&x)?;
+    Ok(vae::reconstruction_check(vae, &x, &latents, &captions)?)
 }
 
 fn check_line(what: &str, check: &vae::ReconstructionCheck) -> String {

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use patchwork_scenes::{Scene, SceneSampler};
 
 use super::data::{self, Stream};
-use super::recipe::Recipe;
+use super::recipe::{ClipShape, Recipe};
 use crate::model::vae::WanVae;
 
 /// What one step reports.
@@ -42,27 +42,31 @@ pub struct Batch {
 
 /// Which clips a step draws, and how much their objects weigh: the VAE phase's or the decoder phase's.
 #[derive(Debug, Clone, Copy)]
-pub struct Draw {
+pub struct Draw<'a> {
     pub stream: Stream,
     pub object_weight: f64,
+    /// The clip shapes, cycled step by step.
+    pub clips: &'a [ClipShape],
 }
 
-impl Draw {
-    pub fn vae(recipe: &Recipe) -> Self {
-        Draw { stream: Stream::VaeClips, object_weight: recipe.vae.object_weight }
+impl<'a> Draw<'a> {
+    pub fn vae(recipe: &'a Recipe) -> Self {
+        Draw { stream: Stream::VaeClips, object_weight: recipe.vae.object_weight, clips: &recipe.vae.clips }
     }
 
-    pub fn decoder(recipe: &Recipe) -> Self {
-        Draw { stream: Stream::DecoderClips, object_weight: recipe.vae.decoder.object_weight }
+    pub fn decoder(recipe: &'a Recipe) -> Self {
+        let d = &recipe.vae.decoder;
+        let clips = if d.clips.is_empty() { &recipe.vae.clips } else { &d.clips };
+        Draw { stream: Stream::DecoderClips, object_weight: d.object_weight, clips }
     }
 }
 
 /// The clips of step `step` of `draw`, shaped by the recipe's clip shape for that step.
-pub fn batch(recipe: &Recipe, draw: Draw, step: usize, device: &Device) -> Result<Batch> {
+pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> Result<Batch> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
     let v = &recipe.vae;
     let object_weight = draw.object_weight;
-    let shape = v.clips[step % v.clips.len().max(1)];
+    let shape = draw.clips[step % draw.clips.len().max(1)];
     let (f, h, w) = (shape.frames, recipe.height, recipe.width);
     let mut videos = Vec::with_capacity(v.batch);
     let mut weight = Vec::with_capacity(v.batch * f * h * w);
@@ -254,7 +258,6 @@ pub fn reconstruction_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::recipe::ClipShape;
 
     /// Object pixels at the middle frame of every crop of a step, counted through the loss weights.
     fn object_pixels(recipe: &Recipe, step: usize) -> Vec<usize> {
@@ -282,5 +285,28 @@ mod tests {
         assert!(random.iter().filter(|&&p| p < 40).count() >= 4, "random crops: {random:?}");
         let shape = batch(&recipe, Draw::vae(&recipe), 0, &Device::Cpu).unwrap().x.dims5().unwrap();
         assert_eq!(shape, (4, 3, 9, 24, 24));
+    }
+
+    #[test]
+    fn the_decoder_phase_draws_its_own_clip_shapes_when_it_names_them() {
+        let mut recipe = Recipe::default();
+        recipe.vae.batch = 2;
+        let dims = |r: &Recipe, decoder: bool, step| {
+            let draw = if decoder { Draw::decoder(r) } else { Draw::vae(r) };
+            let (_, _, f, h, w) = batch(r, draw, step, &Device::Cpu).unwrap().x.dims5().unwrap();
+            (f, h, w)
+        };
+        // Without its own shapes, the decoder's steps cycle through the VAE's.
+        for step in 0..4 {
+            let c = recipe.vae.clips[step % recipe.vae.clips.len()];
+            assert_eq!(dims(&recipe, true, step), (c.frames, c.crop, c.crop));
+        }
+        recipe.vae.decoder.clips = vec![ClipShape { frames: 25, crop: 16 }, ClipShape { frames: 41, crop: 8 }];
+        assert_eq!(dims(&recipe, true, 0), (25, 16, 16));
+        assert_eq!(dims(&recipe, true, 1), (41, 8, 8));
+        assert_eq!(dims(&recipe, true, 2), (25, 16, 16));
+        // The VAE phase keeps its own.
+        let c = recipe.vae.clips[1];
+        assert_eq!(dims(&recipe, false, 1), (c.frames, c.crop, c.crop));
     }
 }
