@@ -386,9 +386,12 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             state.decoder_check = Some(check);
             let longest = r.vae.decoder.clips.iter().map(|c| c.frames).max().unwrap_or(0);
             if longest > r.frames {
-                let before = long_reconstruction_check(&r, &final_vae, longest)?;
+                let (x, captions) = unseen_clips(&r, LONG_CHECK_CLIPS, longest)?;
+                // The encoder is frozen: one encoding serves both decoders.
+                let latents = final_vae.encode(&x)?;
+                let before = vae::reconstruction_check(&final_vae, &x, &latents, &captions)?;
                 progress.note(&check_line(&format!("{longest}-frame: before the decoder's phase,"), &before));
-                let after = long_reconstruction_check(&r, &served, longest)?;
+                let after = vae::reconstruction_check(&served, &x, &latents, &captions)?;
                 progress.note(&check_line(&format!("{longest}-frame: after it,"), &after));
                 state.long_check = Some(LongCheck { frames: longest, before, after });
             }
@@ -438,26 +441,19 @@ fn reconstruction_check(
     captions: &[String],
 ) -> Result<vae::ReconstructionCheck, TrainError> {
     let n = CHECK_CLIPS.min(raw.dim(0)?);
-    let sampler = SceneSampler::new(r.width, r.height);
-    let videos: Vec<_> = (0..n)
-        .map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64)).render(r.frames))
-        .collect();
-    let x = data::video_batch(&videos, &Device::Cpu)?;
+    let (x, _) = unseen_clips(r, n, r.frames)?;
     Ok(vae::reconstruction_check(vae, &x, &raw.narrow(0, 0, n)?, &captions[..n])?)
 }
 
-/// How well `vae` reconstructs [`LONG_CHECK_CLIPS`] unseen clips of `frames` frames (the scenes of the
-/// transformer's first clips, rendered longer).
-fn long_reconstruction_check(r: &Recipe, vae: &WanVae, frames: usize) -> Result<vae::ReconstructionCheck, TrainError> {
+/// The scenes of the transformer's first `n` clips (which the VAE never trains on) rendered `frames`
+/// long, as a batch `[n, 3, frames, H, W]`, with their captions.
+fn unseen_clips(r: &Recipe, n: usize, frames: usize) -> Result<(Tensor, Vec<String>), TrainError> {
     let sampler = SceneSampler::new(r.width, r.height);
-    let scenes: Vec<_> = (0..LONG_CHECK_CLIPS)
-        .map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64)))
-        .collect();
+    let scenes: Vec<_> =
+        (0..n).map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64))).collect();
     let videos: Vec<_> = scenes.iter().map(|s| s.render(frames)).collect();
-    let captions: Vec<_> = scenes.iter().map(|s| s.caption()).collect();
     let x = data::video_batch(&videos, &Device::Cpu)?;
-    let latents = vae.encode(&x)?;
-    Ok(vae::reconstruction_check(vae, &x, &latents, &captions)?)
+    Ok((x, scenes.iter().map(|s| s.caption()).collect()))
 }
 
 fn check_line(what: &str, check: &vae::ReconstructionCheck) -> String {
