@@ -119,6 +119,15 @@ impl Direction {
             Direction::Down => [0.0, 1.0],
         }
     }
+
+    pub fn opposite(self) -> Direction {
+        match self {
+            Direction::Left => Direction::Right,
+            Direction::Right => Direction::Left,
+            Direction::Up => Direction::Down,
+            Direction::Down => Direction::Up,
+        }
+    }
 }
 
 impl Speed {
@@ -181,6 +190,40 @@ impl Scene {
         let half = object.size / 2.0;
         [0, 1].map(|axis| bounce(object.start[axis] + unit[axis] * step * frame, half, extents[axis] - half))
     }
+
+    /// The way an object moves just after `frame`: its start direction, or the opposite after an odd
+    /// number of bounces (at a wall, the way it leaves the wall).
+    pub fn heading(&self, object: &SceneObject, frame: f64) -> Direction {
+        let step = object.speed.reference_step() * self.scale();
+        let unit = object.direction.unit();
+        let axis = if unit[0] != 0.0 { 0 } else { 1 };
+        let (low, high) = (object.size / 2.0, [self.width as f64, self.height as f64][axis] - object.size / 2.0);
+        let span = high - low;
+        if span <= 0.0 {
+            return object.direction;
+        }
+        // Along the triangle wave of `bounce`, the first half of each period runs forwards.
+        let phase = (object.start[axis] + unit[axis] * step * frame - low).rem_euclid(2.0 * span);
+        let forwards = if unit[axis] > 0.0 { phase < span } else { phase > 0.0 && phase <= span };
+        if forwards {
+            object.direction
+        } else {
+            object.direction.opposite()
+        }
+    }
+
+    /// The scene as it stands at `frame`: each object where it is then and heading the way it moves
+    /// then. Its frame `j` shows this scene's frame `frame + j`, and its caption names the directions
+    /// of a clip cut from here.
+    pub fn at(&self, frame: usize) -> Scene {
+        let t = frame as f64;
+        let objects = self
+            .objects
+            .iter()
+            .map(|o| SceneObject { start: self.centre(o, t), direction: self.heading(o, t), ..*o })
+            .collect();
+        Scene { objects, ..self.clone() }
+    }
 }
 
 pub(crate) fn scale_of(width: usize, height: usize) -> f64 {
@@ -209,6 +252,52 @@ mod tests {
         assert_eq!(bounce(0.0, 2.0, 10.0), 4.0);
         assert_eq!(bounce(20.0, 2.0, 10.0), 4.0);
         assert_eq!(bounce(7.0, 5.0, 5.0), 5.0);
+    }
+
+    #[test]
+    fn a_scene_at_a_frame_continues_the_scene() {
+        let sampler = SceneSampler::new(64, 64);
+        let mut turned = 0;
+        for seed in 0..200 {
+            let scene = sampler.sample(seed);
+            for k in [0usize, 1, 9, 13, 29, 57] {
+                let later = scene.at(k);
+                assert_eq!(scene.at(0).caption(), scene.caption());
+                for (o, p) in scene.objects.iter().zip(&later.objects) {
+                    turned += (p.direction != o.direction) as usize;
+                    for j in 0..40 {
+                        let (a, b) = (scene.centre(o, (k + j) as f64), later.centre(p, j as f64));
+                        assert!((a[0] - b[0]).abs() < 1e-9 && (a[1] - b[1]).abs() < 1e-9, "seed {seed} k {k} j {j}");
+                    }
+                    // Just after `k` it moves the way it is said to head.
+                    let (a, b) = (later.centre(p, 0.0), later.centre(p, 1e-6));
+                    let moved = [b[0] - a[0], b[1] - a[1]];
+                    let unit = p.direction.unit();
+                    assert!(moved[0] * unit[0] + moved[1] * unit[1] > 0.0, "seed {seed} k {k}: {moved:?}");
+                }
+            }
+        }
+        // Long enough clips do bounce.
+        assert!(turned > 100, "{turned}");
+        // At a wall, the way it leaves it.
+        let wall = SceneObject {
+            shape: Shape::Square,
+            colour: Colour::Red,
+            size: 16.0,
+            start: [8.0, 32.0],
+            direction: Direction::Left,
+            speed: Speed::Slowly,
+        };
+        let scene = Scene {
+            width: 64,
+            height: 64,
+            background: Background::Plain(BackgroundColour::Black),
+            objects: vec![wall],
+        };
+        assert_eq!(scene.heading(&wall, 0.0), Direction::Right);
+        let right = SceneObject { start: [56.0, 32.0], direction: Direction::Right, ..wall };
+        assert_eq!(scene.heading(&right, 0.0), Direction::Left);
+        assert_eq!(scene.heading(&right, 10.0), Direction::Left);
     }
 
     #[test]

@@ -11,13 +11,17 @@ use super::recipe::Recipe;
 use crate::model::dit::WanTransformer;
 use crate::model::t5::TextEncoder;
 
-/// The clips the transformer learns from: latents normalised by the VAE's statistics, and captions.
+/// The clips the transformer learns from: latents normalised by the VAE's statistics, and captions. A
+/// clip may be longer than the transformer's window (`dit.clip_frames`); each draw cuts a window from it.
 pub struct Dataset {
-    /// `[N, z, F, h, w]`.
+    /// `[N, z, L, h, w]`: whole clips of `L` latent frames.
     pub latents: Tensor,
-    /// Each clip's caption in its four forms ([`caption_forms`]).
-    pub captions: Vec<CaptionForms>,
-    /// `[N, 1, F, h, w]`: each latent position's weight in the loss (see [`object_weights`]); `None`
+    /// The latent frames of a window (the native window's), at most `L`.
+    pub window: usize,
+    /// For each clip, the captions of the windows starting at latent frames `0..=L − window`, each in
+    /// its four forms ([`caption_forms`]).
+    pub captions: Vec<Vec<CaptionForms>>,
+    /// `[N, 1, L, h, w]`: each latent position's weight in the loss (see [`object_weights`]); `None`
     /// weighs all alike.
     pub weights: Option<Tensor>,
 }
@@ -32,18 +36,34 @@ impl Dataset {
     }
 }
 
-/// A clip's caption with and without its optional parts: form `s + 2·b` leaves out the speed words when
-/// `s` is 1 and the background when `b` is 1, so form 0 is the full caption.
+/// A caption with and without its optional parts: form `s + 2·b` leaves out the speed words when `s`
+/// is 1 and the background when `b` is 1, so form 0 is the full caption.
 pub type CaptionForms = [String; 4];
 
-/// The caption forms of the dataset's first `count` clips (scene `i` drawn as the latents phase drew it).
-pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<CaptionForms> {
+/// Latent frames of a clip of `frames` frames.
+pub fn latent_frames(frames: usize) -> usize {
+    (frames - 1) / FRAMES_PER_LATENT + 1
+}
+
+/// The first video frame latent frame `k` encodes.
+fn first_frame(k: usize) -> usize {
+    (FRAMES_PER_LATENT * k).saturating_sub(FRAMES_PER_LATENT - 1)
+}
+
+/// The caption forms of the dataset's first `count` clips (scene `i` drawn as the latents phase drew
+/// it), for a window at each latent frame a clip has room for: the scene as it stands at the window's
+/// first frame, so that a window after a bounce names the way the object then moves.
+pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<Vec<CaptionForms>> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
+    let windows = latent_frames(recipe.clip_frames()) - latent_frames(recipe.frames) + 1;
+    let forms = |scene: &Scene| -> CaptionForms {
+        let form = |speed, background| scene.caption_with(CaptionParts { speed, background });
+        [form(true, true), form(false, true), form(true, false), form(false, false)]
+    };
     (0..count)
         .map(|i| {
             let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
-            let form = |speed, background| scene.caption_with(CaptionParts { speed, background });
-            [form(true, true), form(false, true), form(true, false), form(false, false)]
+            (0..windows).map(|k| if k == 0 { forms(&scene) } else { forms(&scene.at(first_frame(k))) }).collect()
         })
         .collect()
 }
@@ -63,13 +83,13 @@ pub struct Batch {
 const FRAMES_PER_LATENT: usize = 4;
 const PIXELS_PER_LATENT: usize = 8;
 
-/// The loss weights of the dataset's clips (scene `i` drawn as the latents phase drew it):
-/// `recipe.dit.object_weight` at each latent position whose frames and pixels an object touches, 1
-/// elsewhere. `[count, 1, F, h, w]`.
+/// The loss weights of the dataset's clips (scene `i` drawn as the latents phase drew it, `dit.clip_frames`
+/// long): `recipe.dit.object_weight` at each latent position whose frames and pixels an object touches,
+/// 1 elsewhere. `[count, 1, L, h, w]`.
 pub fn object_weights(recipe: &Recipe, count: usize, device: &Device) -> Result<Tensor> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
-    let (f, h, w) = (recipe.frames, recipe.height, recipe.width);
-    let (lf, lh, lw) = ((f - 1) / FRAMES_PER_LATENT + 1, h / PIXELS_PER_LATENT, w / PIXELS_PER_LATENT);
+    let (f, h, w) = (recipe.clip_frames(), recipe.height, recipe.width);
+    let (lf, lh, lw) = (latent_frames(f), h / PIXELS_PER_LATENT, w / PIXELS_PER_LATENT);
     let heavy = recipe.dit.object_weight as f32;
     let mut out = Vec::with_capacity(count * lf * lh * lw);
     for i in 0..count {
@@ -99,6 +119,8 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     let draws = |i: u64| data::uniforms(data::seed_for(recipe.seed, Stream::DitBatch, step as u64, i), r.batch);
     let picks: Vec<u32> =
         draws(0).iter().map(|u| ((u * data.len() as f64) as usize).min(data.len() - 1) as u32).collect();
+    let windows = data.latents.dim(2)? - data.window + 1;
+    let starts: Vec<usize> = draws(5).iter().map(|u| ((u * windows as f64) as usize).min(windows - 1)).collect();
     let sigmas: Vec<f32> = draws(1).iter().map(|&u| (r.shift * u / (1.0 + (r.shift - 1.0) * u)) as f32).collect();
     // Each optional part is left out on a draw of its own; at a part dropout of 0 every caption is full
     // and the batch is what it was before part dropout existed.
@@ -107,26 +129,37 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
         draws(3).into_iter().zip(draws(4)).map(|(speed, background)| left_out(speed) + 2 * left_out(background));
     let captions = picks
         .iter()
+        .zip(&starts)
         .zip(draws(2))
         .zip(forms)
         .map(
-            |((&i, u), form)| {
+            |(((&i, &start), u), form)| {
                 if u < r.caption_dropout {
                     String::new()
                 } else {
-                    data.captions[i as usize][form].clone()
+                    data.captions[i as usize][start][form].clone()
                 }
             },
         )
         .collect();
-    let x0 = data.latents.index_select(&Tensor::from_vec(picks.clone(), r.batch, device)?, 0)?;
+    let picked = Tensor::from_vec(picks, r.batch, device)?;
+    // Each clip's window, cut at its own start.
+    let cut = |clips: Tensor| -> Result<Tensor> {
+        let parts: Vec<Tensor> = starts
+            .iter()
+            .enumerate()
+            .map(|(b, &start)| clips.narrow(0, b, 1)?.narrow(2, start, data.window))
+            .collect::<Result<_>>()?;
+        Tensor::cat(&parts, 0)
+    };
+    let x0 = cut(data.latents.index_select(&picked, 0)?)?;
     let eps = data::normal(data::seed_for(recipe.seed, Stream::DitNoise, step as u64, 0), x0.dims(), device)?;
     let sigma = Tensor::from_vec(sigmas.clone(), (r.batch, 1, 1, 1, 1), device)?;
     let noisy = (x0.broadcast_mul(&(1.0 - &sigma)?)? + eps.broadcast_mul(&sigma)?)?;
     let target = (eps - x0)?;
     let timesteps = Tensor::from_vec(sigmas.iter().map(|s| s * 1000.0).collect::<Vec<_>>(), r.batch, device)?;
     let weight = match &data.weights {
-        Some(w) => Some(w.index_select(&Tensor::from_vec(picks, r.batch, device)?, 0)?),
+        Some(w) => Some(cut(w.index_select(&picked, 0)?)?),
         None => None,
     };
     Ok(Batch { noisy, timesteps, target, captions, weight })
@@ -159,10 +192,11 @@ mod tests {
         let captions = caption_forms(&recipe, clips);
         let data = Dataset {
             latents: Tensor::zeros((clips, 16, 5, 8, 8), DType::F32, &Device::Cpu)?,
+            window: 5,
             captions,
             weights: None,
         };
-        let full = |c: &str| data.captions.iter().any(|f| f[0] == c);
+        let full = |c: &str| data.captions.iter().any(|f| f[0][0] == c);
         let speed = |c: &str| c.contains("slowly") || c.contains("quickly");
         let (mut total, mut no_speed, mut no_background, mut neither) = (0, 0, 0, 0);
         for step in 0..8 {
@@ -178,7 +212,7 @@ mod tests {
                 if a.is_empty() {
                     continue;
                 }
-                let forms = data.captions.iter().find(|f| &f[0] == a).expect("a full caption");
+                let forms = data.captions.iter().map(|f| &f[0]).find(|f| &f[0] == a).expect("a full caption");
                 assert!(forms.contains(b), "{b:?} is not a form of {a:?}");
                 total += 1;
                 no_speed += !speed(b) as usize;
@@ -193,6 +227,65 @@ mod tests {
             let seen = n as f64 / total as f64;
             assert!((seen - share).abs() < 0.1, "{what} left out of {n} of {total}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn windows_are_cut_from_longer_clips_with_the_captions_of_their_start() -> Result<()> {
+        let mut recipe = Recipe::default();
+        recipe.dit.clip_frames = Some(33);
+        recipe.dit.batch = 32;
+        recipe.dit.caption_dropout = 0.0;
+        let (clips, device) = (16, Device::Cpu);
+        let mut captions = caption_forms(&recipe, 64);
+        let sampler = SceneSampler::new(recipe.width, recipe.height);
+        let mut bounced = 0;
+        for (i, forms) in captions.iter().enumerate() {
+            let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
+            // 33 frames are 9 latent frames: windows of 5 start at latent frames 0 to 4, that is at video
+            // frames 0, 1, 5, 9 and 13.
+            assert_eq!(forms.len(), 5);
+            assert_eq!(forms[0][0], scene.caption());
+            for (k, frame) in [(1, 1), (2, 5), (3, 9), (4, 13)] {
+                assert_eq!(forms[k][0], scene.at(frame).caption());
+                bounced += (forms[k][0] != forms[0][0]) as usize;
+            }
+        }
+        assert!(bounced > 0, "no window of 64 clips starts after a bounce");
+        captions.truncate(clips);
+        // Latent value 100·clip + latent frame, so that each window shows where it was cut.
+        let values: Vec<f32> =
+            (0..clips * 16 * 9 * 64).map(|n| (100 * (n / (16 * 9 * 64)) + (n / 64) % 9) as f32).collect();
+        let weights = object_weights(&recipe, clips, &device)?;
+        assert_eq!(weights.dims(), &[clips, 1, 9, 8, 8]);
+        let data = Dataset {
+            latents: Tensor::from_vec(values, (clips, 16, 9, 8, 8), &device)?,
+            window: 5,
+            captions,
+            weights: Some(weights.clone()),
+        };
+        let mut starts = [0usize; 5];
+        for step in 0..4 {
+            let b = batch(&recipe, &data, step, &device)?;
+            assert_eq!(b.noisy.dims(), &[32, 16, 5, 8, 8]);
+            // x₀ = x_σ − σ·(ε − x₀).
+            let sigma = (b.timesteps.clone() / 1000.0)?.reshape((32, 1, 1, 1, 1))?;
+            let x0 = (&b.noisy - b.target.broadcast_mul(&sigma)?)?;
+            for j in 0..32 {
+                let frames: Vec<f32> = x0.get(j)?.get(0)?.mean((1, 2))?.to_vec1()?;
+                let (clip, start) = (frames[0].round() as usize / 100, frames[0].round() as usize % 100);
+                for (t, v) in frames.iter().enumerate() {
+                    assert!((v - (100 * clip + start + t) as f32).abs() < 1e-2, "{frames:?}");
+                }
+                assert_eq!(b.captions[j], data.captions[clip][start][0]);
+                let want = weights.get(clip)?.narrow(1, start, 5)?;
+                let got = b.weight.as_ref().expect("weights").get(j)?;
+                assert_eq!(got.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+                starts[start] += 1;
+            }
+        }
+        // Every start is drawn, about a fifth of the time each.
+        assert!(starts.iter().all(|&n| (12..=40).contains(&n)), "{starts:?}");
         Ok(())
     }
 

@@ -94,6 +94,14 @@ pub struct DitRecipe {
     pub lr: f64,
     /// Clips encoded once by the trained VAE and then sampled from.
     pub clips: usize,
+    /// The length the dataset's clips are rendered and encoded at (1 + 4k, at least `frames`); none:
+    /// `frames`. Each step cuts a window of `frames` from each clip it draws, starting at a latent
+    /// frame drawn uniformly. The farm's later windows start mid-video, where the first latent frame
+    /// holds four frames and the causal encoder has seen what came before; a transformer that learned
+    /// only clips' starts has seen no such window. A window's caption is that of the scene as it
+    /// stands at the window's first frame, so it names the directions the window shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_frames: Option<usize>,
     /// The share of captions replaced by the empty prompt, so that classifier-free guidance has an
     /// unconditional model to push away from.
     pub caption_dropout: f64,
@@ -174,6 +182,7 @@ impl Default for Recipe {
                 batch: 128,
                 lr: 1.5e-3,
                 clips: 8000,
+                clip_frames: None,
                 caption_dropout: 0.1,
                 caption_part_dropout: 0.0,
                 shift: 3.0,
@@ -226,6 +235,11 @@ impl Recipe {
         }
     }
 
+    /// The frames of the transformer's dataset clips (`dit.clip_frames`, or the native window's).
+    pub fn clip_frames(&self) -> usize {
+        self.dit.clip_frames.unwrap_or(self.frames)
+    }
+
     /// Checks what would otherwise fail deep inside a phase.
     pub fn validate(&self) -> Result<(), String> {
         let multiple = |v: usize, m: usize| v > 0 && v.is_multiple_of(m);
@@ -234,6 +248,14 @@ impl Recipe {
         }
         if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
             return Err(format!("frames must be 1 + a multiple of 4, got {}", self.frames));
+        }
+        if let Some(f) = self.dit.clip_frames {
+            if f < self.frames || !(f - 1).is_multiple_of(4) {
+                return Err(format!(
+                    "dit.clip_frames must be 1 + a multiple of 4 and at least frames ({}), got {f}",
+                    self.frames
+                ));
+            }
         }
         if self.vae.object_weight.is_nan() || self.vae.object_weight < 1.0 {
             return Err(format!("vae.object_weight must be at least 1, got {}", self.vae.object_weight));
@@ -357,6 +379,23 @@ mod tests {
         };
         assert_eq!(same, default);
 
+        // The windows' fine-tune trains the transformer further on windows cut from longer clips, and
+        // keeps the rest of the caption fine-tune's recipe.
+        let windows: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-windows.json")).unwrap();
+        windows.validate().unwrap();
+        assert!(windows.clip_frames() > windows.frames && windows.dit.steps > 0);
+        let same =
+            Recipe { dit: DitRecipe { clips: tune.dit.clips, clip_frames: None, ..windows.dit.clone() }, ..windows };
+        assert_eq!(same, tune);
+
+        let mut bad = default.clone();
+        bad.dit.clip_frames = Some(31);
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.clip_frames") && err.contains("31"), "{err}");
+        bad.dit.clip_frames = Some(13);
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.clip_frames") && err.contains("13"), "{err}");
         let mut bad = default.clone();
         bad.dit.caption_part_dropout = 1.0;
         let err = bad.validate().unwrap_err();

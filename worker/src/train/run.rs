@@ -241,7 +241,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             let (videos, caps): (Vec<_>, Vec<_>) = (start..start + n)
                 .map(|i| {
                     let scene = sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64));
-                    (scene.render(r.frames), scene.caption())
+                    (scene.render(r.clip_frames()), scene.caption())
                 })
                 .unzip();
             let x = data::video_batch(&videos, &device)?;
@@ -266,18 +266,30 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         .ok_or_else(|| TrainError::WorkDir { path: work.join(LATENTS), msg: "no `raw` tensor".into() })?;
     let captions: Vec<String> = read_json(&work.join(CAPTIONS))?;
     let forms = dit::caption_forms(&r, captions.len());
-    if let Some(i) = (0..captions.len()).find(|&i| forms[i][0] != captions[i]) {
+    if let Some(i) = (0..captions.len()).find(|&i| forms[i][0][0] != captions[i]) {
         return Err(TrainError::WorkDir {
             path: work.join(CAPTIONS),
-            msg: format!("clip {i}'s caption {:?} is not its scene's ({:?})", captions[i], forms[i][0]),
+            msg: format!("clip {i}'s caption {:?} is not its scene's ({:?})", captions[i], forms[i][0][0]),
         });
     }
-    let stats = vae::latent_stats(&raw)?;
+    let clip_latents = dit::latent_frames(r.clip_frames());
+    if raw.dim(2)? != clip_latents {
+        return Err(TrainError::WorkDir {
+            path: work.join(LATENTS),
+            msg: format!("the clips have {} latent frames, the recipe's {clip_latents}", raw.dim(2)?),
+        });
+    }
+    // The statistics are those of the clips' first windows whatever the clips' length: the causal
+    // encoder gives a longer clip's first window the latents of the window alone, so lengthening the
+    // clips leaves the normalisation as it was for the same scenes.
+    let window = dit::latent_frames(r.frames);
+    let stats = vae::latent_stats(&raw.narrow(2, 0, window)?)?;
     let final_vae = served_vae(Some(stats.clone()))?;
     // The transformer phase runs on the asked device, with the whole dataset there.
     let weights =
         if r.dit.object_weight == 1.0 { None } else { Some(dit::object_weights(&r, captions.len(), &dit_device)?) };
-    let dataset = Dataset { latents: final_vae.normalize(&raw)?.to_device(&dit_device)?, captions: forms, weights };
+    let dataset =
+        Dataset { latents: final_vae.normalize(&raw)?.to_device(&dit_device)?, window, captions: forms, weights };
 
     // Phase 3: the transformer and the text encoder.
     let text_config = r.text_encoder_config(vocab_size);
@@ -442,7 +454,8 @@ fn reconstruction_check(
 ) -> Result<vae::ReconstructionCheck, TrainError> {
     let n = CHECK_CLIPS.min(raw.dim(0)?);
     let (x, _) = unseen_clips(r, n, r.frames)?;
-    Ok(vae::reconstruction_check(vae, &x, &raw.narrow(0, 0, n)?, &captions[..n])?)
+    let window = raw.narrow(0, 0, n)?.narrow(2, 0, dit::latent_frames(r.frames))?;
+    Ok(vae::reconstruction_check(vae, &x, &window, &captions[..n])?)
 }
 
 /// The scenes of the transformer's first `n` clips (which the VAE never trains on) rendered `frames`
