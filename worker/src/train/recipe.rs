@@ -99,7 +99,8 @@ pub struct DitRecipe {
     /// frame drawn uniformly. The farm's later windows start mid-video, where the first latent frame
     /// holds four frames and the causal encoder has seen what came before; a transformer that learned
     /// only clips' starts has seen no such window. A window's caption is that of the scene as it
-    /// stands at the window's first frame, so it names the directions the window shows.
+    /// stands at the window's first frame: the directions then, which a bounce later in the window
+    /// turns round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_frames: Option<usize>,
     /// The share of captions replaced by the empty prompt, so that classifier-free guidance has an
