@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use patchwork_shared::pb;
 
-use cli::client::{connect, connect_leader, fetch_to, follow, print_jobs, state_name, status_error, ClientArgs};
+use cli::client::{
+    connect, connect_leader, fetch_to, follow, jobs_table, print_out, state_name, status_error, ClientArgs,
+};
 use cli::render::RenderArgs;
 use cli::serve::{CoordinatorArgs, WorkerArgs};
 use cli::spec::SpecArgs;
@@ -169,7 +171,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Watch(args) => {
             let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
             let job = follow(&mut client, &args.job_id, true).await?;
-            println!("{} {}{}", job.id, state_name(job.state), failure(&job));
+            print_out(&format!("{} {}{}\n", job.id, state_name(job.state), failure(&job)))?;
             Ok(())
         }
         Command::Cancel(args) => {
@@ -179,7 +181,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{} {}", job.id, state_name(job.state));
+            print_out(&format!("{} {}\n", job.id, state_name(job.state)))?;
             Ok(())
         }
         Command::Jobs(args) => {
@@ -190,7 +192,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            print_jobs(&jobs.jobs);
+            print_out(&jobs_table(&jobs.jobs))?;
             Ok(())
         }
         Command::Status(args) => cli::client::status(&args).await,
@@ -231,7 +233,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     let job = response.job.context("the coordinator returned no job")?;
-    println!("{}", job.id);
+    print_out(&format!("{}\n", job.id))?;
     if args.wait {
         let last = follow(&mut client, &job.id, true).await?;
         eprintln!("{} {}{}", last.id, state_name(last.state), failure(&last));

@@ -88,6 +88,28 @@ async fn render_matches_the_cluster_and_the_client_commands_work() {
     let _ = watching.wait();
     let watched: serde_json::Value = serde_json::from_str(&first).expect("one JSON object per line");
     assert_eq!(watched["workers"][0]["evaluations"], 5, "{first}");
+    // A reader that stops early (`| head`) is the reader's choice: no panic, and a watch ends.
+    let follow = ["status", "--coordinator", address, "--json", "--watch"];
+    for args in [&["jobs", "--coordinator", address][..], &["status", "--coordinator", address], &follow] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting patchwork");
+        drop(child.stdout.take());
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("{args:?} with its reader gone did not end");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
     let (ok, stdout, _) = patchwork(&["watch", "--coordinator", address, &id]);
     assert!(ok && stdout.trim() == format!("{id} done"), "{stdout}");
     let (ok, stdout, _) = patchwork(&["cancel", "--coordinator", address, &id]);

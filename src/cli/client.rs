@@ -133,8 +133,20 @@ pub async fn fetch_to(client: &mut Client, job_id: &str, path: &Path) -> anyhow:
     Ok(written)
 }
 
-pub fn print_jobs(jobs: &[pb::Job]) {
-    println!("{:<18} {:<17} {:>9} {:>7} {:>9}  PROMPT", "ID", "STATE", "STEP", "FRAMES", "SIZE");
+/// Writes `text` to standard output. A reader that has gone away (`| head`) is not an error of the
+/// command: the answer is then `false`, so that a command that follows something can stop.
+pub fn print_out(text: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+/// `patchwork jobs`'s table.
+pub fn jobs_table(jobs: &[pb::Job]) -> String {
+    let mut out = format!("{:<18} {:<17} {:>9} {:>7} {:>9}  PROMPT\n", "ID", "STATE", "STEP", "FRAMES", "SIZE");
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
         let progress = job.progress.clone().unwrap_or_default();
@@ -147,8 +159,8 @@ pub fn print_jobs(jobs: &[pb::Job]) {
             spec.prompt.clone()
         };
         let prompt: String = prompt.chars().take(60).collect();
-        println!(
-            "{:<18} {:<17} {:>9} {:>7} {:>9}  {prompt}",
+        out += &format!(
+            "{:<18} {:<17} {:>9} {:>7} {:>9}  {prompt}\n",
             job.id,
             state_name(job.state),
             format!("{}/{}", progress.step, progress.steps),
@@ -156,6 +168,7 @@ pub fn print_jobs(jobs: &[pb::Job]) {
             format!("{}x{}", spec.width.unwrap_or(0), spec.height.unwrap_or(0)),
         );
     }
+    out
 }
 
 /// `patchwork status`: the cluster once, or (`--watch`) at every change; as a table or JSON.
@@ -175,46 +188,49 @@ pub struct StatusArgs {
 pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client.coordinator, args.client.api_token.as_deref()).await?;
     let show = |state: &pb::ClusterState, redraw: bool| {
-        if args.json {
-            println!("{}", cluster_json(state));
+        let text = if args.json {
+            format!("{}\n", cluster_json(state))
+        } else if redraw {
+            // Clear the terminal and go home, so the table is redrawn in place.
+            format!("\x1b[2J\x1b[H{}", cluster_table(state))
         } else {
-            if redraw {
-                // Clear the terminal and go home, so the table is redrawn in place.
-                print!("\x1b[2J\x1b[H");
-            }
-            print_cluster(state);
-        }
-        let _ = std::io::stdout().flush();
+            cluster_table(state)
+        };
+        print_out(&text)
     };
     if !args.watch {
         let state = client.get_cluster_state(pb::GetClusterStateRequest {}).await.map_err(status_error)?;
-        show(&state.into_inner(), false);
+        show(&state.into_inner(), false)?;
         return Ok(());
     }
     let mut stream = client.watch_cluster(pb::WatchClusterRequest {}).await.map_err(status_error)?.into_inner();
     while let Some(state) = stream.message().await.map_err(status_error)? {
-        show(&state, true);
+        if !show(&state, true)? {
+            break;
+        }
     }
     Ok(())
 }
 
-pub fn print_cluster(state: &pb::ClusterState) {
+/// `patchwork status`'s table.
+pub fn cluster_table(state: &pb::ClusterState) -> String {
+    let mut out = String::new();
     match state.role.as_str() {
-        "single" | "" => println!("coordinator: single (jobs in memory)"),
-        role if state.leader.is_empty() => println!("coordinator: {role}; no leader elected"),
-        role => println!("coordinator: {role}; leader {} (term {})", state.leader, state.term),
+        "single" | "" => out += "coordinator: single (jobs in memory)\n",
+        role if state.leader.is_empty() => out += &format!("coordinator: {role}; no leader elected\n"),
+        role => out += &format!("coordinator: {role}; leader {} (term {})\n", state.leader, state.term),
     }
-    println!("jobs: {} queued, {} running", state.queued_jobs, state.running_jobs);
-    println!("models: {}", state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "));
-    println!(
-        "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} NOW",
+    out += &format!("jobs: {} queued, {} running\n", state.queued_jobs, state.running_jobs);
+    out += &format!("models: {}\n", state.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "));
+    out += &format!(
+        "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} NOW\n",
         "ID", "ADDRESS", "MODEL", "STATUS", "SLOTS", "EVALS", "FAILS", "DEVICES"
     );
     for w in &state.workers {
         let status = worker_status(w.status);
         let devices: Vec<&str> = w.devices.iter().map(|d| d.name.as_str()).collect();
-        println!(
-            "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}",
+        out += &format!(
+            "{:<12} {:<24} {:<16} {:<10} {:>6} {:>8} {:>6}  {:<12} {}\n",
             w.id,
             w.address,
             w.model,
@@ -232,8 +248,9 @@ pub fn print_cluster(state: &pb::ClusterState) {
                     0 => String::new(),
                     n => format!(", {n} failures (last: {})", g.last_error),
                 };
-                println!("    group {} [{}]: {health}{failures}", g.index, g.devices.join(","));
+                out += &format!("    group {} [{}]: {health}{failures}\n", g.index, g.devices.join(","));
             }
         }
     }
+    out
 }

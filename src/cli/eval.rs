@@ -1,7 +1,6 @@
 //! `patchwork eval`: measures a video against its prompt (colour, shape, direction of each object, and
 //! how smoothly it changes, also across the farm's window seams) and prints the report as JSON.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -50,11 +49,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     };
     let report = patchwork_scenes::eval::evaluate(&video, &args.prompt, seams.as_deref());
     let text = serde_json::to_string_pretty(&report)?;
-    // A reader that stops early (`| head`) is not an error of the measurement.
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing the report"),
-        _ => Ok(()),
-    }
+    super::client::print_out(&format!("{text}\n"))?;
+    Ok(())
 }
 
 fn check_frames(what: &str, frames: usize, g: &ModelGeometry) -> anyhow::Result<()> {

@@ -19,6 +19,8 @@ use patchwork_worker::run::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::client::print_out;
+
 #[derive(Debug, Clone, Args)]
 pub struct CoordinatorArgs {
     /// Address to serve the client API and the worker registry on.
@@ -268,7 +270,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.validate()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     // The first line on stdout, for scripts and tests that bind port 0.
-    println!("coordinator listening on {}", listener.local_addr()?);
+    print_out(&format!("coordinator listening on {}\n", listener.local_addr()?))?;
     let http = bind_http(args.http_listen, "web page and metrics").await?;
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
@@ -298,7 +300,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    println!("worker listening on {}", listener.local_addr()?);
+    print_out(&format!("worker listening on {}\n", listener.local_addr()?))?;
     let metrics = bind_http(args.metrics_listen, "metrics").await?;
     let shutdown = CancellationToken::new();
     stop_on_signals(shutdown.clone());
@@ -332,6 +334,6 @@ async fn bind_http(address: Option<SocketAddr>, what: &str) -> anyhow::Result<Op
     let Some(address) = address else { return Ok(None) };
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("listening on {address} for the {what}"))?;
-    println!("{what} on http://{}", listener.local_addr()?);
+    print_out(&format!("{what} on http://{}\n", listener.local_addr()?))?;
     Ok(Some(listener))
 }

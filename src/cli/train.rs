@@ -7,6 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use patchwork_worker::group::{DeviceList, DeviceName};
 use patchwork_worker::train::{self, Phase, Progress, Recipe, TrainConfig};
 
+use super::client::print_out;
+
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Where the trained pipeline folder is written.
@@ -57,7 +59,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         recipe.seed = seed;
     }
     if args.print_recipe {
-        println!("{}", serde_json::to_string_pretty(&recipe)?);
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&recipe)?))?;
         return Ok(());
     }
     let config = TrainConfig {
@@ -82,7 +84,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         summary.text_encoder_parameters,
         summary.out_dir.display()
     );
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    print_out(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
     Ok(())
 }
 
