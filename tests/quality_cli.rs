@@ -1,5 +1,5 @@
 //! `patchwork eval` on procedural videos (whose truth is known) and on spliced ones, its errors, and the
-//! `--fusion` choice of `render`.
+//! `--fusion` and `--noise` choices of `render`.
 
 mod common;
 
@@ -107,4 +107,24 @@ fn render_joins_windows_by_the_fusion_asked_for() {
     let out = dir.path().join("bad.mp4");
     let (ok, _, stderr) = patchwork(&["render", "a red circle", "--fusion", "hard", "-o", out.to_str().unwrap()]);
     assert!(!ok && stderr.contains("fusion") && stderr.contains("hard"), "{stderr}");
+}
+
+#[test]
+fn render_shuffles_the_noise_of_later_windows_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let render = |frames: &str, noise: &str| {
+        let out = dir.path().join(format!("{frames}-{noise}.mp4"));
+        let args = ["render", "a red circle moving right", "--frames", frames, "--window", "17", "--overlap", "8"];
+        let mut args = args.to_vec();
+        args.extend(["--steps", "3", "--seed", "4", "--noise", noise, "-o", out.to_str().unwrap()]);
+        let (ok, _, stderr) = patchwork(&args);
+        assert!(ok, "render --frames {frames} --noise {noise}: {stderr}");
+        std::fs::read(&out).unwrap()
+    };
+    assert_ne!(render("33", "independent"), render("33", "shuffled"), "shuffling changed nothing");
+    // One window is the first window: its noise is the same either way.
+    assert_eq!(render("17", "independent"), render("17", "shuffled"));
+    let out = dir.path().join("bad.mp4");
+    let (ok, _, stderr) = patchwork(&["render", "a red circle", "--noise", "pink", "-o", out.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("noise") && stderr.contains("pink"), "{stderr}");
 }

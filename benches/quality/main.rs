@@ -2,10 +2,10 @@
 //! long videos stay consistent where the windows join?
 //!
 //!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
-//!           [--model DIR] [--short]
+//!           [--model DIR] [--short] [--noise shuffled]
 //!
 //! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
-//! folder instead of the embedded model.
+//! folder instead of the embedded model; `--noise` is the jobs' noise layout (`independent` by default).
 //!
 //! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
 //! never saw), one to two objects, plain or two-tone backgrounds; `--short` leaves out their speeds and
@@ -56,6 +56,8 @@ struct Options {
     model: Option<PathBuf>,
     /// Prompts without speeds and backgrounds.
     short: bool,
+    /// The jobs' `noise` (empty: the default).
+    noise: String,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -68,6 +70,7 @@ fn options() -> anyhow::Result<Options> {
         keep: None,
         model: None,
         short: false,
+        noise: String::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -86,6 +89,7 @@ fn options() -> anyhow::Result<Options> {
             "--keep" => o.keep = Some(PathBuf::from(value()?)),
             "--model" => o.model = Some(PathBuf::from(value()?)),
             "--short" => o.short = true,
+            "--noise" => o.noise = value()?,
             // cargo bench passes --bench to every harness-less target.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -146,6 +150,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
                 window_frames: Some(WINDOW),
                 overlap_frames: Some(mode.overlap),
                 fusion: mode.fusion.into(),
+                noise: o.noise.clone(),
                 steps: o.steps,
                 guidance_scale: o.guidance,
                 seed: Some(i as u64),

@@ -10,7 +10,6 @@ use candle_core::{Device, Tensor};
 use futures::future::try_join_all;
 use futures::StreamExt;
 use patchwork_shared::model::ModelGeometry;
-use patchwork_shared::noise::gaussian_noise;
 use patchwork_shared::pb;
 use patchwork_shared::sampler::{FlowSampler, Sampler};
 use patchwork_shared::spec::JobSpec;
@@ -183,8 +182,13 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
     });
     let (fusion, mut latent) = {
         let plan = plan.clone();
-        let (seed, fusion) = (spec.seed, spec.fusion);
-        blocking(move || Ok((Arc::new(Fusion::with_mode(&plan, fusion)), gaussian_noise(seed, shape.len())))).await?
+        let (seed, fusion, noise) = (spec.seed, spec.fusion, spec.noise);
+        blocking(move || {
+            let spans: Vec<(usize, usize)> =
+                plan.windows.iter().map(|w| (w.bbox.frames.start, w.bbox.frames.end)).collect();
+            Ok((Arc::new(Fusion::with_mode(&plan, fusion)), noise.draw(seed, shape.dims(), &spans)))
+        })
+        .await?
     };
     let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
     let mut first_step = 0;

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::model::{ModelGeometry, DEFAULT_MODEL};
+use crate::noise::NoiseMode;
 use crate::pb;
 use crate::sampler::{SamplerKind, MAX_STEPS};
 use crate::windows::FusionMode;
@@ -72,6 +73,7 @@ pub struct JobSpec {
     pub model: String,
     pub priority: i32,
     pub fusion: FusionMode,
+    pub noise: NoiseMode,
 }
 
 impl JobSpec {
@@ -144,6 +146,11 @@ impl JobSpec {
         } else {
             spec.fusion.parse().map_err(|e: String| FieldError::new("fusion", e))?
         };
+        let noise = if spec.noise.is_empty() {
+            NoiseMode::Independent
+        } else {
+            spec.noise.parse().map_err(|e: String| FieldError::new("noise", e))?
+        };
         for segment in &segments {
             if segment.start_frame >= frames {
                 return Err(FieldError::new(
@@ -169,6 +176,7 @@ impl JobSpec {
             model: model.name.clone(),
             priority: spec.priority,
             fusion,
+            noise,
         })
     }
 
@@ -311,6 +319,7 @@ impl From<&JobSpec> for pb::JobSpec {
             model: s.model.clone(),
             priority: s.priority,
             fusion: s.fusion.to_string(),
+            noise: s.noise.to_string(),
         }
     }
 }

@@ -32,6 +32,15 @@ fn fusion_defaults_to_smooth_and_an_unknown_one_names_the_field() {
 }
 
 #[test]
+fn noise_defaults_to_independent_and_an_unknown_one_names_the_field() {
+    assert_eq!(JobSpec::validate(&base(), &tiny(), 7).unwrap().noise, NoiseMode::Independent);
+    let shuffled = JobSpec::validate(&pb::JobSpec { noise: " Shuffled".into(), ..base() }, &tiny(), 7).unwrap();
+    assert_eq!(shuffled.noise, NoiseMode::Shuffled);
+    assert_eq!(pb::JobSpec::from(&shuffled).noise, "shuffled");
+    assert_eq!(field_of(pb::JobSpec { noise: "pink".into(), ..base() }), "noise");
+}
+
+#[test]
 fn default_overlap_is_a_quarter_of_the_window_in_whole_latent_frames() {
     for (window, overlap) in [(1, 0), (5, 4), (13, 4), (17, 4), (25, 8), (81, 20)] {
         let wire = pb::JobSpec { frames: Some(161), window_frames: Some(window), ..base() };

@@ -51,6 +51,10 @@ pub struct SpecArgs {
     /// How overlapping windows are joined: smooth (sin² weights) | average.
     #[arg(long, default_value = "")]
     pub fusion: String,
+    /// The initial noise: independent | shuffled (later windows reuse the first window's noise frames,
+    /// reordered).
+    #[arg(long, default_value = "")]
+    pub noise: String,
 }
 
 impl SpecArgs {
@@ -88,6 +92,7 @@ impl SpecArgs {
             model: model.to_string(),
             priority: self.priority,
             fusion: self.fusion.clone(),
+            noise: self.noise.clone(),
         })
     }
 }

@@ -7,6 +7,7 @@
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
 #                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
+#                          [--noise shuffled]  (later windows start from the first window's noise, reordered)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
