@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use patchwork_scenes::{CaptionParts, Scene, SceneSampler};
+use patchwork_scenes::{CaptionParts, Scene};
 
 use super::data::{self, Stream};
 use super::recipe::Recipe;
@@ -54,7 +54,7 @@ fn first_frame(k: usize) -> usize {
 /// it), for a window at each latent frame a clip has room for: the scene as it stands at the window's
 /// first frame, so that a window after a bounce names the way the object then moves.
 pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<Vec<CaptionForms>> {
-    let sampler = SceneSampler::new(recipe.width, recipe.height);
+    let sampler = recipe.dataset_sampler();
     let windows = latent_frames(recipe.clip_frames()) - latent_frames(recipe.frames) + 1;
     let forms = |scene: &Scene| -> CaptionForms {
         let form = |speed, background| scene.caption_with(CaptionParts { speed, background });
@@ -87,7 +87,7 @@ const PIXELS_PER_LATENT: usize = 8;
 /// long): `recipe.dit.object_weight` at each latent position whose frames and pixels an object touches,
 /// 1 elsewhere. `[count, 1, L, h, w]`.
 pub fn object_weights(recipe: &Recipe, count: usize, device: &Device) -> Result<Tensor> {
-    let sampler = SceneSampler::new(recipe.width, recipe.height);
+    let sampler = recipe.dataset_sampler();
     let (f, h, w) = (recipe.clip_frames(), recipe.height, recipe.width);
     let (lf, lh, lw) = (latent_frames(f), h / PIXELS_PER_LATENT, w / PIXELS_PER_LATENT);
     let heavy = recipe.dit.object_weight as f32;
@@ -231,6 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn two_objects_skews_the_dataset_scenes() {
+        let mut recipe = Recipe::default();
+        let pairs = |recipe: &Recipe| {
+            let captions = caption_forms(recipe, 400);
+            captions.iter().filter(|forms| forms[0][0].contains(" and a ")).count()
+        };
+        let default = pairs(&recipe);
+        assert!((50..110).contains(&default), "{default} of 400 scenes hold two objects by default");
+        recipe.dit.two_objects = Some(0.5);
+        let skewed = pairs(&recipe);
+        assert!((170..230).contains(&skewed), "{skewed} of 400");
+        recipe.dit.two_objects = Some(0.0);
+        assert_eq!(pairs(&recipe), 0);
+        recipe.dit.two_objects = Some(1.0);
+        assert_eq!(pairs(&recipe), 400);
+    }
+
+    #[test]
     fn windows_are_cut_from_longer_clips_with_the_captions_of_their_start() -> Result<()> {
         let mut recipe = Recipe::default();
         recipe.dit.clip_frames = Some(33);
@@ -238,7 +256,7 @@ mod tests {
         recipe.dit.caption_dropout = 0.0;
         let (clips, device) = (16, Device::Cpu);
         let mut captions = caption_forms(&recipe, 64);
-        let sampler = SceneSampler::new(recipe.width, recipe.height);
+        let sampler = recipe.dataset_sampler();
         let mut bounced = 0;
         for (i, forms) in captions.iter().enumerate() {
             let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
@@ -295,7 +313,7 @@ mod tests {
         recipe.dit.object_weight = 5.0;
         let weights = object_weights(&recipe, 4, &Device::Cpu)?;
         assert_eq!(weights.dims(), &[4, 1, 5, 8, 8]);
-        let sampler = SceneSampler::new(recipe.width, recipe.height);
+        let sampler = recipe.dataset_sampler();
         for i in 0..4 {
             let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
             let w = weights.get(i)?.get(0)?;

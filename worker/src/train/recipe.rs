@@ -1,6 +1,7 @@
 //! What a training run makes and how: the model sizes, the steps and the learning rates. A run's work
 //! folder records its recipe, and a resumed run must use the same one.
 
+use patchwork_scenes::SceneSampler;
 use serde::{Deserialize, Serialize};
 
 use crate::model::dit::WanTransformerConfig;
@@ -103,6 +104,11 @@ pub struct DitRecipe {
     /// turns round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_frames: Option<usize>,
+    /// The share of the dataset's scenes that hold two objects; none: the scene sampler's own (0.2).
+    /// Objects of two-object scenes are where the transformer binds words to the wrong object most, so a
+    /// fine-tune can show it more of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub two_objects: Option<f64>,
     /// The share of captions replaced by the empty prompt, so that classifier-free guidance has an
     /// unconditional model to push away from.
     pub caption_dropout: f64,
@@ -184,6 +190,7 @@ impl Default for Recipe {
                 lr: 1.5e-3,
                 clips: 8000,
                 clip_frames: None,
+                two_objects: None,
                 caption_dropout: 0.1,
                 caption_part_dropout: 0.0,
                 shift: 3.0,
@@ -241,6 +248,15 @@ impl Recipe {
         self.dit.clip_frames.unwrap_or(self.frames)
     }
 
+    /// The sampler of the transformer's dataset scenes (`dit.two_objects` skews it).
+    pub fn dataset_sampler(&self) -> SceneSampler {
+        let mut sampler = SceneSampler::new(self.width, self.height);
+        if let Some(p) = self.dit.two_objects {
+            sampler.two_objects = p;
+        }
+        sampler
+    }
+
     /// Checks what would otherwise fail deep inside a phase.
     pub fn validate(&self) -> Result<(), String> {
         let multiple = |v: usize, m: usize| v > 0 && v.is_multiple_of(m);
@@ -256,6 +272,11 @@ impl Recipe {
                     "dit.clip_frames must be 1 + a multiple of 4 and at least frames ({}), got {f}",
                     self.frames
                 ));
+            }
+        }
+        if let Some(p) = self.dit.two_objects {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("dit.two_objects must be a probability in 0..=1, got {p}"));
             }
         }
         if self.vae.object_weight.is_nan() || self.vae.object_weight < 1.0 {
@@ -390,6 +411,25 @@ mod tests {
             Recipe { dit: DitRecipe { clips: tune.dit.clips, clip_frames: None, ..windows.dit.clone() }, ..windows };
         assert_eq!(same, tune);
 
+        // The pairs' fine-tune trains the transformer further on a dataset where half the scenes hold two
+        // objects, and keeps the rest of the caption fine-tune's recipe.
+        let pairs: Recipe = serde_json::from_str(include_str!("../../../models/recipes/finetune-pairs.json")).unwrap();
+        pairs.validate().unwrap();
+        assert_eq!(pairs.dataset_sampler().two_objects, 0.5);
+        assert!(pairs.dit.steps > 0);
+        let same = Recipe {
+            dit: DitRecipe { clips: tune.dit.clips, steps: tune.dit.steps, two_objects: None, ..pairs.dit.clone() },
+            ..pairs
+        };
+        assert_eq!(same, tune);
+        assert_eq!(tune.dataset_sampler(), SceneSampler::new(tune.width, tune.height));
+
+        for p in [-0.1, 1.5, f64::NAN] {
+            let mut bad = default.clone();
+            bad.dit.two_objects = Some(p);
+            let err = bad.validate().unwrap_err();
+            assert!(err.contains("dit.two_objects"), "{err}");
+        }
         let mut bad = default.clone();
         bad.dit.clip_frames = Some(31);
         let err = bad.validate().unwrap_err();

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use patchwork_scenes::SceneSampler;
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, Stream};
@@ -231,7 +230,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     if state.phase == Phase::Latents {
         let started = Instant::now();
         let encoder = served_vae(None)?;
-        let sampler = SceneSampler::new(r.width, r.height);
+        let sampler = r.dataset_sampler();
         progress.phase(Phase::Latents, 0, r.dit.clips);
         let mut raw = Vec::with_capacity(r.dit.clips);
         let mut captions = Vec::with_capacity(r.dit.clips);
@@ -461,7 +460,7 @@ fn reconstruction_check(
 /// The scenes of the transformer's first `n` clips (which the VAE never trains on) rendered `frames`
 /// long, as a batch `[n, 3, frames, H, W]`, with their captions.
 fn unseen_clips(r: &Recipe, n: usize, frames: usize) -> Result<(Tensor, Vec<String>), TrainError> {
-    let sampler = SceneSampler::new(r.width, r.height);
+    let sampler = r.dataset_sampler();
     let scenes: Vec<_> =
         (0..n).map(|i| sampler.sample(data::seed_for(r.seed, Stream::DatasetClips, 0, i as u64))).collect();
     let videos: Vec<_> = scenes.iter().map(|s| s.render(frames)).collect();
