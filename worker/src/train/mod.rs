@@ -16,6 +16,7 @@ pub mod optim;
 pub mod params;
 pub mod recipe;
 mod run;
+pub mod separation;
 mod start;
 pub mod tokenizer;
 pub mod vae;
