@@ -1,7 +1,8 @@
 //! Quality benchmark of the embedded tiny model: does the farm's video show what the prompt says, and do
 //! long videos stay consistent where the windows join?
 //!
-//!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
+//!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S] [--sampler euler|unipc]
+//!           [--modes 0,1,2,3] [--keep DIR]
 //!           [--model DIR] [--short] [--noise shuffled]
 //!
 //! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
@@ -49,6 +50,9 @@ struct Options {
     frames: u32,
     steps: Option<u32>,
     guidance: Option<f32>,
+    shift: Option<f32>,
+    /// `euler` or `unipc` (empty: the model's default).
+    sampler: String,
     /// Which of the four ways to render (indices into the table's rows).
     modes: Vec<usize>,
     keep: Option<PathBuf>,
@@ -66,6 +70,8 @@ fn options() -> anyhow::Result<Options> {
         frames: 77,
         steps: None,
         guidance: None,
+        shift: None,
+        sampler: String::new(),
         modes: vec![0, 1, 2, 3],
         keep: None,
         model: None,
@@ -80,6 +86,8 @@ fn options() -> anyhow::Result<Options> {
             "--frames" => o.frames = value()?.parse()?,
             "--steps" => o.steps = Some(value()?.parse()?),
             "--guidance" => o.guidance = Some(value()?.parse()?),
+            "--shift" => o.shift = Some(value()?.parse()?),
+            "--sampler" => o.sampler = value()?,
             "--modes" => {
                 o.modes = value()?.split(',').map(|m| m.trim().parse()).collect::<Result<_, _>>()?;
                 if o.modes.iter().any(|&m| m > 3) {
@@ -153,6 +161,8 @@ async fn run(o: Options) -> anyhow::Result<()> {
                 noise: o.noise.clone(),
                 steps: o.steps,
                 guidance_scale: o.guidance,
+                shift: o.shift,
+                sampler: o.sampler.clone(),
                 seed: Some(i as u64),
                 ..Default::default()
             };
@@ -195,6 +205,19 @@ async fn run(o: Options) -> anyhow::Result<()> {
             pct(scores.iter().map(|s| s.shape).sum()),
             pct(scores.iter().map(|s| s.direction).sum()),
         );
+    }
+    println!("\n| joining | lone objects: colour / shape / direction | objects of pairs: colour / shape / direction |");
+    println!("| --- | --- | --- |");
+    for (mode, _, scores) in &table {
+        let part = |pairs: bool| {
+            let group: Vec<&Score> = scores.iter().filter(|s| (s.objects > 1) == pairs).collect();
+            let objects: usize = group.iter().map(|s| s.objects).sum();
+            let pct = |f: fn(&Score) -> usize| {
+                format!("{:.0}%", 100.0 * group.iter().map(|s| f(s)).sum::<usize>() as f64 / objects.max(1) as f64)
+            };
+            format!("{} / {} / {} ({objects})", pct(|s| s.colour), pct(|s| s.shape), pct(|s| s.direction))
+        };
+        println!("| {} | {} | {} |", mode.name, part(false), part(true));
     }
     println!(
         "\n{} {}prompts ({objects} objects), {:.0} s in all",

@@ -4,7 +4,8 @@
 # no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints a markdown table
 # (progress on stderr). About 6–8 minutes on 2 cores.
 #
-#   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--modes 0,1,2,3] [--keep DIR]
+#   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S]
+#                          [--sampler euler|unipc] [--modes 0,1,2,3] [--keep DIR]
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
 #                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
 #                          [--noise shuffled]  (later windows start from the first window's noise, reordered)
