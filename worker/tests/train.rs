@@ -109,6 +109,7 @@ fn small_recipe() -> Recipe {
         object_weight: 3.0,
         latent_noise: 0.1,
         clips: vec![ClipShape { frames: 9, crop: 16 }, ClipShape { frames: 17, crop: 8 }],
+        base_dim: None,
     };
     r.dit.heads = 2;
     r.dit.head_dim = 8;
@@ -268,23 +269,19 @@ fn a_run_starts_from_a_finished_model_and_fine_tunes_it() {
         assert!(bytes == &b[name], "{name} differs after resuming");
     }
 
-    // Windows cut from clips longer than the native window: the same latent statistics, since the
-    // causal encoder gives a longer clip's first window the latents of the window alone, and a
-    // transformer that learned something else.
+    // Windows cut from clips longer than the native window, from other clips: the start model's latent
+    // statistics, since its VAE is kept, and a transformer that learned something else.
     let mut windows = tune.clone();
     windows.dit.clip_frames = Some(13);
+    windows.dit.two_objects = Some(0.9);
     train::train(&config(windows, "windows", None), &mut Quiet).unwrap();
-    let stats = |model: &str| {
+    let vae_config = |model: &str| {
         let text = std::fs::read_to_string(tmp.path().join(model).join("vae/config.json")).unwrap();
-        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-        ["latents_mean", "latents_std"]
-            .map(|k| config[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>())
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
-    for (a, b) in stats("tuned-model").iter().zip(stats("windows-model").iter()) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "latent statistics {a:?} and {b:?}");
-        }
-    }
+    let stats = |model: &str| ["latents_mean", "latents_std"].map(|k| vae_config(model)[k].clone());
+    assert_eq!(stats("base-model"), stats("tuned-model"));
+    assert_eq!(stats("base-model"), stats("windows-model"));
     let transformer = "transformer/diffusion_pytorch_model.safetensors";
     assert!(
         files(&tmp.path().join("tuned-model"))[transformer] != files(&tmp.path().join("windows-model"))[transformer]
@@ -316,12 +313,43 @@ fn a_run_starts_from_a_finished_model_and_fine_tunes_it() {
         assert!(moved > 0.0 && moved < 0.02, "{file}: moved by {moved} from the start model");
     }
 
+    // A decoder twice as wide: widened from the start model's without changing what it decodes, then
+    // trained on; the encoder and the latent statistics are the start model's.
+    let mut wide = tune.clone();
+    (wide.dit.steps, wide.dit.clips) = (0, 4);
+    wide.vae.decoder.base_dim = Some(2 * recipe.vae.base_dim);
+    train::train(&config(wide.clone(), "widened", None), &mut Quiet).unwrap();
+    wide.vae.decoder.steps = 2;
+    train::train(&config(wide, "wide", None), &mut Quiet).unwrap();
+    assert_eq!(vae_config("widened-model")["decoder_base_dim"], 8);
+    assert_eq!(stats("base-model"), stats("wide-model"));
+    let serve = |model: &str| {
+        let dir = patchwork_worker::model::ComponentDir::open(tmp.path().join(model).join("vae")).unwrap();
+        WanVae::load(&dir, DType::F32, &Device::Cpu).unwrap()
+    };
+    let latent = Tensor::randn(0f32, 1.0, (1, 16, 3, 4, 4), &Device::Cpu).unwrap();
+    let decode = |model: &str| serve(model).decode(&latent).unwrap();
+    let base_video = decode("base-model");
+    assert!(rel(&decode("widened-model"), &base_video) < 1e-5);
+    assert!(rel(&decode("wide-model"), &base_video) > 1e-4, "two decoder steps changed nothing");
+    let (before, after) = (load("base-model", vae), load("wide-model", vae));
+    for (name, t) in &before {
+        if !name.starts_with("decoder.") && !name.starts_with("post_quant_conv.") {
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(values(t) == values(&after[name]), "{name} changed");
+        }
+    }
+
     // Misfits, each refused before any work with the file's name.
     let refused = |recipe: Recipe, name: &str| {
         let err = train::train(&config(recipe, name, None), &mut Quiet).unwrap_err().to_string();
         assert!(!tmp.path().join(format!("{name}-work/latents.safetensors")).exists(), "{name}: work was done");
         err
     };
+    let mut odd = tune.clone();
+    odd.vae.decoder.base_dim = Some(6);
+    let err = refused(odd, "odd");
+    assert!(err.contains("vae/diffusion_pytorch_model.safetensors") && err.contains("whole factor"), "{err}");
     let mut wider = tune.clone();
     wider.dit.ffn_dim *= 2;
     let err = refused(wider, "wider");

@@ -13,6 +13,8 @@ pub enum Stream {
     DitBatch = 4,
     DitNoise = 5,
     DecoderClips = 6,
+    /// The shares of a widened decoder's split weights.
+    Widen = 7,
 }
 
 /// A seed for draw `index` of `stream` at `step` (SplitMix64 finalisation of the mixed inputs).

@@ -20,6 +20,7 @@ pub mod separation;
 mod start;
 pub mod tokenizer;
 pub mod vae;
+pub mod widen;
 
 use std::path::{Path, PathBuf};
 

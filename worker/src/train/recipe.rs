@@ -72,6 +72,14 @@ pub struct DecoderRecipe {
     /// context, 61 video frames), several windows long, so its decoder must have seen clips as long.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clips: Vec<ClipShape>,
+    /// The decoder's base width (the VAE config's `decoder_base_dim`); none: the encoder's `base_dim`.
+    /// The decoder's finest levels are this many channels wide (its deepest four times as many) and draw
+    /// the objects' edges and colours; the latent is the encoder's alone, so a wider decoder keeps every
+    /// transformer trained on that encoder valid. A start model whose decoder is narrower by a whole
+    /// factor is widened without changing what it computes ([`super::widen`]), and its phase trains on
+    /// from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dim: Option<usize>,
 }
 
 /// One shape of VAE training clip.
@@ -178,6 +186,7 @@ impl Default for Recipe {
                     object_weight: 5.0,
                     latent_noise: 0.3,
                     clips: Vec::new(),
+                    base_dim: None,
                 },
             },
             dit: DitRecipe {
@@ -205,7 +214,8 @@ impl Default for Recipe {
 
 impl Recipe {
     pub fn vae_config(&self) -> VaeConfig {
-        VaeConfig { base_dim: self.vae.base_dim, ..VaeConfig::wan2_1() }
+        let decoder_base_dim = self.vae.decoder.base_dim.filter(|&d| d != self.vae.base_dim);
+        VaeConfig { base_dim: self.vae.base_dim, decoder_base_dim, ..VaeConfig::wan2_1() }
     }
 
     pub fn transformer_config(&self) -> WanTransformerConfig {
@@ -294,6 +304,9 @@ impl Recipe {
         }
         if !(d.latent_noise >= 0.0 && d.latent_noise.is_finite()) {
             return Err(format!("vae.decoder.latent_noise must be at least 0, got {}", d.latent_noise));
+        }
+        if d.base_dim == Some(0) {
+            return Err("vae.decoder.base_dim must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.vae.object_crops) {
             return Err(format!("vae.object_crops must be in [0, 1], got {}", self.vae.object_crops));
@@ -401,6 +414,23 @@ mod tests {
         };
         assert_eq!(same, default);
 
+        // The wide decoder's fine-tune is the long-clip decoder's with a decoder twice as wide, widened
+        // from the start model's, and only the check clips encoded (the start model's statistics are kept).
+        let wide: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-wide-decoder.json")).unwrap();
+        wide.validate().unwrap();
+        assert_eq!(wide.vae_config().decoder_base_dim, Some(2 * wide.vae.base_dim));
+        let same = Recipe {
+            vae: VaeRecipe {
+                decoder: DecoderRecipe { steps: long.vae.decoder.steps, base_dim: None, ..wide.vae.decoder.clone() },
+                ..wide.vae.clone()
+            },
+            dit: DitRecipe { clips: long.dit.clips, ..wide.dit.clone() },
+            ..wide.clone()
+        };
+        assert_eq!(same, long);
+        assert_eq!(Recipe::default().vae_config().decoder_base_dim, None);
+
         // The windows' fine-tune trains the transformer further on windows cut from longer clips, and
         // keeps the rest of the caption fine-tune's recipe.
         let windows: Recipe =
@@ -446,9 +476,14 @@ mod tests {
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.stored_dtype") && err.contains("f8"), "{err}");
         let mut bad = default;
-        bad.vae.decoder = DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0, clips: vec![] };
+        bad.vae.decoder =
+            DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0, clips: vec![], base_dim: None };
         let err = bad.validate().unwrap_err();
         assert!(err.contains("vae.decoder.object_weight") && err.contains("0.5"), "{err}");
+        let mut bad = Recipe::default();
+        bad.vae.decoder.base_dim = Some(0);
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("vae.decoder.base_dim"), "{err}");
         let mut bad = Recipe::default();
         bad.vae.decoder.clips = vec![ClipShape { frames: 77, crop: 16 }, ClipShape { frames: 76, crop: 16 }];
         let err = bad.validate().unwrap_err();

@@ -106,6 +106,9 @@ struct State {
     /// Long clips before and after the decoder's own phase.
     #[serde(default)]
     long_check: Option<LongCheck>,
+    /// The latent statistics of a start model whose VAE the run keeps (none: the dataset's own).
+    #[serde(default)]
+    start_stats: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +158,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
             vae_check: None,
             decoder_check: None,
             long_check: None,
+            start_stats: None,
         },
     };
     let mut budget = cfg.stop_after.unwrap_or(usize::MAX);
@@ -252,6 +256,11 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         let check = reconstruction_check(&r, &encoder, &raw, &captions)?;
         progress.note(&check_line("VAE", &check));
         state.vae_check = Some(check);
+        // A kept VAE keeps its normalisation: the start model's transformer learned with it, and a
+        // dataset of other clips (a fine-tune's, or a decoder's few check clips) would move it a little.
+        if r.vae.steps == 0 {
+            state.start_stats = start_from.as_ref().map(|m| m.latent_stats.clone());
+        }
         candle_core::safetensors::save(&HashMap::from([("raw".to_string(), raw)]), work.join(LATENTS))
             .map_err(|e| TrainError::io(&work.join(LATENTS), std::io::Error::other(e)))?;
         write_file(&work.join(CAPTIONS), &serde_json::to_vec(&captions).unwrap_or_default())?;
@@ -282,7 +291,10 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     // encoder gives a longer clip's first window the latents of the window alone, so lengthening the
     // clips leaves the normalisation as it was for the same scenes.
     let window = dit::latent_frames(r.frames);
-    let stats = vae::latent_stats(&raw.narrow(2, 0, window)?)?;
+    let stats = match &state.start_stats {
+        Some(stats) => stats.clone(),
+        None => vae::latent_stats(&raw.narrow(2, 0, window)?)?,
+    };
     let final_vae = served_vae(Some(stats.clone()))?;
     // The transformer phase runs on the asked device, with the whole dataset there.
     let weights =

@@ -9,19 +9,24 @@ use candle_core::{Device, Tensor};
 
 use super::params::{Params, Start};
 use super::run::{load_params, read_json};
+use super::widen::{decoder_width, widen_decoder};
 use super::{Recipe, TrainError};
 use crate::model::dit::WanTransformer;
 use crate::model::t5::UMT5Encoder;
-use crate::model::vae::WanVae;
+use crate::model::vae::{VaeConfig, WanVae};
 
 /// A pipeline folder's weights as stored (f16 or f32; the run's variables take them as f32), by component.
 pub(super) struct StartModel {
+    /// The VAE's weights, its decoder widened to the recipe's width when it was narrower.
     pub vae: HashMap<String, Tensor>,
+    /// The VAE config's `latents_mean` and `latents_std`: the normalisation its transformer learned with.
+    pub latent_stats: (Vec<f64>, Vec<f64>),
     pub transformer: HashMap<String, Tensor>,
     pub text_encoder: HashMap<String, Tensor>,
 }
 
 const VAE: &str = "vae/diffusion_pytorch_model.safetensors";
+const VAE_CONFIG: &str = "vae/config.json";
 const TRANSFORMER: &str = "transformer/diffusion_pytorch_model.safetensors";
 const TEXT_ENCODER: &str = "text_encoder/model.safetensors";
 const TOKENIZER: &str = "tokenizer/tokenizer.json";
@@ -44,8 +49,16 @@ impl StartModel {
         }
         // Each component is built once on its weights: a missing tensor or a shape the recipe's model does
         // not have fails here, with the file's name, and a tensor the model never asked for is left over.
+        let vae_config: VaeConfig = read_json(&dir.join(VAE_CONFIG))?;
+        let ours = recipe.vae_config();
         let checked = |file: &str, build: &dyn Fn(&Arc<Params>) -> Result<(), String>| {
-            let weights = load_params(&dir.join(file), "")?;
+            let mut weights = load_params(&dir.join(file), "")?;
+            if file == VAE && decoder_width(&vae_config) != decoder_width(&ours) {
+                // A narrower decoder is widened to the recipe's; any other difference fails the check below.
+                let theirs = VaeConfig { decoder_base_dim: vae_config.decoder_base_dim, ..ours.clone() };
+                weights =
+                    widen_decoder(&weights, &theirs, &ours, recipe.seed).map_err(|e| unfit(VAE, e.to_string()))?;
+            }
             // The check's variables are copies, dropped after it; the run's start from `weights`.
             let params = Arc::new(Params::new(Start::Saved(weights.clone())));
             build(&params).map_err(|e| unfit(file, format!("does not fit the recipe's model: {e}")))?;
@@ -60,8 +73,9 @@ impl StartModel {
         let cpu = Device::Cpu;
         Ok(StartModel {
             vae: checked(VAE, &|p| {
-                WanVae::new(recipe.vae_config(), p.var_builder(&cpu)).map(drop).map_err(|e| e.to_string())
+                WanVae::new(ours.clone(), p.var_builder(&cpu)).map(drop).map_err(|e| e.to_string())
             })?,
+            latent_stats: (vae_config.latents_mean.clone(), vae_config.latents_std.clone()),
             transformer: checked(TRANSFORMER, &|p| {
                 WanTransformer::new(&recipe.transformer_config(), p.var_builder(&cpu))
                     .map(drop)
