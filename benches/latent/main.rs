@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let s = latent_separation(&vae, 64, 64, frames, scenes)?;
     let (a, b, d) = s.closest();
     println!("{}", s.table());
+    println!("{}", s.directions_table());
     println!(
         "closest colours: {} and {} ({d:.2}); {} scenes of {frames} frames, 64×64, {} in {:.0} s",
         a.name(),
