@@ -2,7 +2,7 @@
 //! long videos stay consistent where the windows join?
 //!
 //!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S] [--sampler euler|unipc]
-//!           [--modes 0,1,2,3] [--keep DIR]
+//!           [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
 //!           [--model DIR] [--short] [--noise shuffled]
 //!
 //! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
@@ -14,7 +14,7 @@
 //! in-process farm (coordinator and one worker on loopback, the embedded model, as `patchwork render`
 //! does) four ways:
 //! - one native window (17 frames): the model alone;
-//! - `--frames` long with windows of 17 frames overlapping by 8, joined by the smooth (sin²) weights;
+//! - `--frames` long with windows of 17 frames overlapping by `--overlap` (8), joined by the smooth (sin²) weights;
 //! - the same joined by a plain average over each overlap;
 //! - the same with no overlap at all (windows side by side).
 //!
@@ -43,7 +43,6 @@ use tonic::transport::Channel;
 /// Scene seeds of the prompts: far from the training run's streams, which hash the run seed.
 const PROMPT_SEED: u64 = 0x5155_414c_4954_5900;
 const WINDOW: u32 = 17;
-const OVERLAP: u32 = 8;
 
 struct Options {
     prompts: usize,
@@ -51,6 +50,8 @@ struct Options {
     steps: Option<u32>,
     guidance: Option<f32>,
     shift: Option<f32>,
+    /// Frames shared by neighbouring windows in the overlapping modes.
+    overlap: u32,
     /// `euler` or `unipc` (empty: the model's default).
     sampler: String,
     /// Which of the four ways to render (indices into the table's rows).
@@ -71,6 +72,7 @@ fn options() -> anyhow::Result<Options> {
         steps: None,
         guidance: None,
         shift: None,
+        overlap: 8,
         sampler: String::new(),
         modes: vec![0, 1, 2, 3],
         keep: None,
@@ -87,6 +89,7 @@ fn options() -> anyhow::Result<Options> {
             "--steps" => o.steps = Some(value()?.parse()?),
             "--guidance" => o.guidance = Some(value()?.parse()?),
             "--shift" => o.shift = Some(value()?.parse()?),
+            "--overlap" => o.overlap = value()?.parse()?,
             "--sampler" => o.sampler = value()?,
             "--modes" => {
                 o.modes = value()?.split(',').map(|m| m.trim().parse()).collect::<Result<_, _>>()?;
@@ -133,8 +136,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(o: Options) -> anyhow::Result<()> {
     let modes = [
         Mode { name: "one window (17 frames)", frames: WINDOW, overlap: 0, fusion: "smooth" },
-        Mode { name: "smooth fusion", frames: o.frames, overlap: OVERLAP, fusion: "smooth" },
-        Mode { name: "plain average", frames: o.frames, overlap: OVERLAP, fusion: "average" },
+        Mode { name: "smooth fusion", frames: o.frames, overlap: o.overlap, fusion: "smooth" },
+        Mode { name: "plain average", frames: o.frames, overlap: o.overlap, fusion: "average" },
         Mode { name: "no overlap", frames: o.frames, overlap: 0, fusion: "smooth" },
     ];
     let sampler = SceneSampler::new(64, 64);

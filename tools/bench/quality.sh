@@ -5,7 +5,7 @@
 # (progress on stderr). About 6–8 minutes on 2 cores.
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S]
-#                          [--sampler euler|unipc] [--modes 0,1,2,3] [--keep DIR]
+#                          [--sampler euler|unipc] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
 #                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
 #                          [--noise shuffled]  (later windows start from the first window's noise, reordered)
