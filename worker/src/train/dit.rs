@@ -8,8 +8,10 @@ use patchwork_scenes::{CaptionParts, Scene};
 
 use super::data::{self, Stream};
 use super::recipe::Recipe;
+use super::vae;
 use crate::model::dit::WanTransformer;
 use crate::model::t5::TextEncoder;
+use crate::model::vae::WanVae;
 
 /// The clips the transformer learns from: latents normalised by the VAE's statistics, and captions. A
 /// clip may be longer than the transformer's window (`dit.clip_frames`); each draw cuts a window from it.
@@ -76,6 +78,16 @@ pub struct Batch {
     pub captions: Vec<String>,
     /// `[batch, 1, F, h, w]`, or `None` for an unweighted loss.
     pub weight: Option<Tensor>,
+    /// With `dit.pixel_loss`: each clip's first frame as rendered, `[batch, 3, 1, H, W]`, and its pixels'
+    /// weights (`dit.object_weight` on the objects).
+    pub first_frames: Option<vae::Batch>,
+}
+
+/// The pixel loss's frozen decoder (built on variables, so that gradients flow through its training
+/// ops to the predicted latent; the optimiser never sees them) and the loss's weight.
+pub struct PixelLoss<'a> {
+    pub vae: &'a WanVae,
+    pub weight: f64,
 }
 
 /// Latent frames and pixels per latent position: the Wan VAE keeps frame 0 alone and folds each later
@@ -162,20 +174,59 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
         Some(w) => Some(cut(w.index_select(&picked, 0)?)?),
         None => None,
     };
-    Ok(Batch { noisy, timesteps, target, captions, weight })
+    let first_frames = if r.pixel_loss > 0.0 { Some(first_frames(recipe, &picked.to_vec1()?, device)?) } else { None };
+    Ok(Batch { noisy, timesteps, target, captions, weight, first_frames })
+}
+
+/// The first frames of the dataset's clips `clips` as rendered, with `dit.object_weight` on their objects'
+/// pixels.
+fn first_frames(recipe: &Recipe, clips: &[u32], device: &Device) -> Result<vae::Batch> {
+    let sampler = recipe.dataset_sampler();
+    let heavy = recipe.dit.object_weight as f32;
+    let (mut frames, mut weight) = (Vec::with_capacity(clips.len()), Vec::new());
+    for &i in clips {
+        let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
+        let frame = scene.render(1);
+        let background = Scene { objects: Vec::new(), ..scene }.render(1);
+        weight.extend(frame.data.chunks_exact(3).zip(background.data.chunks_exact(3)).map(|(p, q)| {
+            if p == q {
+                1.0
+            } else {
+                heavy
+            }
+        }));
+        frames.push(frame);
+    }
+    let weight = Tensor::from_vec(weight, (clips.len(), 1, 1, recipe.height, recipe.width), device)?;
+    Ok(vae::Batch { x: data::video_batch(&frames, device)?, weight })
 }
 
 /// The mean squared error of the predicted velocity, weighted by the batch's weights (normalised by
-/// their mean, so that the loss keeps the unweighted loss's scale).
-pub fn loss(dit: &WanTransformer, text: &TextEncoder, text_len: usize, batch: &Batch) -> Result<(Tensor, f64)> {
+/// their mean, so that the loss keeps the unweighted loss's scale), plus, with `pixel`, its weight times
+/// the pixel loss of the first frames ([`super::recipe::DitRecipe::pixel_loss`]).
+pub fn loss(
+    dit: &WanTransformer,
+    text: &TextEncoder,
+    text_len: usize,
+    batch: &Batch,
+    pixel: Option<&PixelLoss>,
+) -> Result<(Tensor, f64)> {
     let prompts: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let context = text.encode_prompts(&prompts, text_len).map_err(candle_core::Error::wrap)?;
     let pred = dit.forward(&batch.noisy, &batch.timesteps, &context).map_err(candle_core::Error::wrap)?;
-    let sq = (pred - &batch.target)?.sqr()?;
-    let loss = match &batch.weight {
+    let sq = (&pred - &batch.target)?.sqr()?;
+    let mut loss = match &batch.weight {
         Some(w) => sq.broadcast_mul(w)?.mean_all()?.broadcast_div(&w.mean_all()?)?,
         None => sq.mean_all()?,
     };
+    if let (Some(pixel), Some(first)) = (pixel, &batch.first_frames) {
+        // x₀ = x_σ − σ·v, its first latent frame (the clip's first frame alone), raw, decoded.
+        let sigma = (batch.timesteps.clone() / 1000.0)?.reshape((pred.dim(0)?, 1, 1, 1, 1))?;
+        let x0 = (&batch.noisy - pred.broadcast_mul(&sigma)?)?.narrow(2, 0, 1)?;
+        let wrap = candle_core::Error::wrap;
+        let frames = pixel.vae.decode(&pixel.vae.denormalize(&x0).map_err(wrap)?).map_err(wrap)?;
+        loss = (loss + (vae::reconstruction_error(&frames, first)? * pixel.weight)?)?;
+    }
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok((loss, value))
 }
@@ -304,6 +355,94 @@ mod tests {
         }
         // Every start is drawn, about a fifth of the time each.
         assert!(starts.iter().all(|&n| (12..=40).contains(&n)), "{starts:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn first_frames_are_the_clips_first_frames_with_their_objects_weighted() -> Result<()> {
+        let mut recipe = Recipe::default();
+        recipe.dit.object_weight = 4.0;
+        let b = first_frames(&recipe, &[3, 0, 7], &Device::Cpu)?;
+        assert_eq!(b.x.dims(), &[3, 3, 1, 64, 64]);
+        assert_eq!(b.weight.dims(), &[3, 1, 1, 64, 64]);
+        let sampler = recipe.dataset_sampler();
+        for (j, i) in [3u64, 0, 7].into_iter().enumerate() {
+            let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i));
+            let want = data::video_batch(&[scene.render(1)], &Device::Cpu)?;
+            assert_eq!(b.x.get(j)?.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+            let weights: Vec<f32> = b.weight.get(j)?.flatten_all()?.to_vec1()?;
+            let heavy = weights.iter().filter(|&&w| w == 4.0).count();
+            // One or two objects of 14–22 pixels across.
+            assert!((100..1200).contains(&heavy), "clip {i}: {heavy} object pixels");
+            assert!(weights.iter().all(|&w| w == 1.0 || w == 4.0));
+            let [x, y] = scene.centre(&scene.objects[0], 0.0);
+            assert_eq!(weights[y as usize * 64 + x as usize], 4.0, "clip {i}: the object's centre");
+        }
+        Ok(())
+    }
+
+    /// The pixel loss adds its weight times the first frames' error to the velocity loss, and its
+    /// gradient reaches the transformer through the frozen decoder.
+    #[test]
+    fn the_pixel_loss_adds_the_decoded_first_frames_error() -> Result<()> {
+        use super::super::params::{Params, Start};
+        use crate::model::t5::UMT5Encoder;
+        use crate::model::tokenizer::PromptTokenizer;
+        use std::sync::Arc;
+
+        let device = Device::Cpu;
+        let mut recipe = Recipe { width: 32, height: 32, ..Recipe::default() };
+        (recipe.dit.heads, recipe.dit.head_dim, recipe.dit.layers, recipe.dit.ffn_dim) = (2, 8, 1, 16);
+        (recipe.text.d_model, recipe.text.d_kv, recipe.text.d_ff, recipe.text.layers) = (16, 4, 16, 1);
+        (recipe.vae.base_dim, recipe.dit.batch, recipe.dit.pixel_loss) = (4, 2, 0.5);
+        let words = patchwork_scenes::vocabulary();
+        let tokenizer = serde_json::to_vec(&super::super::tokenizer::tokenizer_json(&words)).unwrap();
+        let vocab = super::super::tokenizer::SPECIAL.len() + words.len();
+        let random = |seed| Arc::new(Params::new(Start::Random { seed, zero: |_| false }));
+        let (dit_params, text_params, vae_params) = (random(1), random(2), random(3));
+        let dit = WanTransformer::new(&recipe.transformer_config(), dit_params.var_builder(&device))
+            .map_err(candle_core::Error::wrap)?;
+        let text = TextEncoder::new(
+            PromptTokenizer::from_json(&tokenizer, "test").map_err(candle_core::Error::wrap)?,
+            UMT5Encoder::new(&recipe.text_encoder_config(vocab), text_params.var_builder(&device))
+                .map_err(candle_core::Error::wrap)?,
+        );
+        let frozen =
+            WanVae::new(recipe.vae_config(), vae_params.var_builder(&device)).map_err(candle_core::Error::wrap)?;
+        let clips = 4;
+        let data = Dataset {
+            latents: Tensor::randn(0f32, 1.0, (clips, 16, 5, 4, 4), &device)?,
+            window: 5,
+            captions: caption_forms(&recipe, clips),
+            weights: None,
+        };
+        let b = batch(&recipe, &data, 0, &device)?;
+        let first = b.first_frames.as_ref().expect("first frames with a pixel loss");
+        assert_eq!(first.x.dims(), &[2, 3, 1, 32, 32]);
+        let pixel = PixelLoss { vae: &frozen, weight: recipe.dit.pixel_loss };
+        let (plain, plain_value) = loss(&dit, &text, 12, &b, None)?;
+        let (with, with_value) = loss(&dit, &text, 12, &b, Some(&pixel))?;
+        // The difference is the weighted error of the decoded first frames.
+        let sigma = (b.timesteps.clone() / 1000.0)?.reshape((2, 1, 1, 1, 1))?;
+        let prompts: Vec<&str> = b.captions.iter().map(String::as_str).collect();
+        let context = text.encode_prompts(&prompts, 12).map_err(candle_core::Error::wrap)?;
+        let pred = dit.forward(&b.noisy, &b.timesteps, &context).map_err(candle_core::Error::wrap)?;
+        let x0 = (&b.noisy - pred.broadcast_mul(&sigma)?)?.narrow(2, 0, 1)?;
+        let frames = frozen
+            .decode(&frozen.denormalize(&x0).map_err(candle_core::Error::wrap)?)
+            .map_err(candle_core::Error::wrap)?;
+        let error = vae::reconstruction_error(&frames, first)?.to_scalar::<f32>()? as f64;
+        assert!(error > 0.0);
+        assert!(
+            (with_value - plain_value - 0.5 * error).abs() < 1e-4 * with_value,
+            "{with_value} {plain_value} {error}"
+        );
+        // Its gradient reaches the transformer's output layer: the two losses pull it differently.
+        let out = dit_params.vars().into_iter().find(|(n, _)| n == "proj_out.weight").expect("proj_out").1;
+        let (g_plain, g_with) = (plain.backward()?, with.backward()?);
+        let grad = |g: &candle_core::backprop::GradStore| g.get(out.as_tensor()).expect("a gradient").clone();
+        let diff = (grad(&g_with) - grad(&g_plain))?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert!(diff > 0.0);
         Ok(())
     }
 

@@ -132,6 +132,15 @@ pub struct DitRecipe {
     /// is almost all background.
     #[serde(default = "unweighted")]
     pub object_weight: f64,
+    /// Weight of a loss in pixels beside the velocity's: the clean latent the prediction implies
+    /// (`x_σ − σ·v`) has its first latent frame (the clip's first frame alone) decoded by the run's frozen
+    /// decoder and compared with the rendered frame, object pixels weighted by `object_weight`. In the
+    /// latent, neighbouring hues lie close (yellow and orange 0.09 of an object's signal, in the same
+    /// few directions as the object itself), so the velocity loss barely tells them apart; in pixels
+    /// they are 83 RGB units apart. 0: off. Needs windows that start their clips (no `clip_frames`) and
+    /// a CPU run (the decoder's training ops are CPU kernels).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pixel_loss: f64,
     /// The dtype of the exported transformer weights: `f32`, `f16` or `bf16` (training runs in f32; f16
     /// halves the folder at a relative rounding of 2⁻¹¹).
     #[serde(default = "f32_name")]
@@ -144,6 +153,10 @@ fn f32_name() -> String {
 
 fn unweighted() -> f64 {
     1.0
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +217,7 @@ impl Default for Recipe {
                 caption_part_dropout: 0.0,
                 shift: 3.0,
                 object_weight: 5.0,
+                pixel_loss: 0.0,
                 stored_dtype: "f16".into(),
             },
             text: TextRecipe { d_model: 128, heads: 4, d_kv: 32, d_ff: 256, layers: 2, text_len: 32 },
@@ -283,6 +297,14 @@ impl Recipe {
                     self.frames
                 ));
             }
+        }
+        if !(self.dit.pixel_loss >= 0.0 && self.dit.pixel_loss.is_finite()) {
+            return Err(format!("dit.pixel_loss must be at least 0, got {}", self.dit.pixel_loss));
+        }
+        if self.dit.pixel_loss > 0.0 && self.clip_frames() != self.frames {
+            return Err("dit.pixel_loss decodes each window's first frame, so it needs windows that start their \
+                        clips: leave dit.clip_frames out"
+                .into());
         }
         if let Some(p) = self.dit.two_objects {
             if !(0.0..=1.0).contains(&p) {
@@ -480,6 +502,15 @@ mod tests {
             DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0, clips: vec![], base_dim: None };
         let err = bad.validate().unwrap_err();
         assert!(err.contains("vae.decoder.object_weight") && err.contains("0.5"), "{err}");
+        let mut bad = Recipe::default();
+        bad.dit.pixel_loss = -1.0;
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.pixel_loss") && err.contains("-1"), "{err}");
+        bad.dit.pixel_loss = 1.0;
+        bad.validate().unwrap();
+        bad.dit.clip_frames = Some(33);
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.pixel_loss") && err.contains("clip_frames"), "{err}");
         let mut bad = Recipe::default();
         bad.vae.decoder.base_dim = Some(0);
         let err = bad.validate().unwrap_err();

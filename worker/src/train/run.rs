@@ -333,11 +333,27 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         if state.step > 0 {
             opt.restore(&load_params(&work.join(DIT_CKPT), "opt.")?, state.step)?;
         }
+        // The pixel loss's decoder: the run's VAE as variables (their training ops carry gradients to the
+        // predicted latent), frozen since the optimiser never holds them.
+        let pixel_vae = if r.dit.pixel_loss > 0.0 {
+            if !dit_device.is_cpu() {
+                return Err(TrainError::Recipe(
+                    "dit.pixel_loss runs the VAE's training ops, which are CPU kernels: train on the CPU".into(),
+                ));
+            }
+            let mut config = r.vae_config();
+            (config.latents_mean, config.latents_std) = stats.clone();
+            let frozen = Arc::new(Params::new(Start::Saved(vae_params.tensors())));
+            Some(WanVae::new(config, frozen.var_builder(&dit_device))?)
+        } else {
+            None
+        };
+        let pixel = pixel_vae.as_ref().map(|vae| dit::PixelLoss { vae, weight: r.dit.pixel_loss });
         progress.phase(Phase::Transformer, state.step, r.dit.steps);
         while state.step < r.dit.steps && budget > 0 {
             let started = Instant::now();
             let batch = dit::batch(&r, &dataset, state.step, &dit_device)?;
-            let (loss, value) = dit::loss(&dit_model, &text, r.text.text_len, &batch)?;
+            let (loss, value) = dit::loss(&dit_model, &text, r.text.text_len, &batch, pixel.as_ref())?;
             opt.step(&loss.backward()?, lr_at(r.dit.lr, state.step, r.dit.steps))?;
             state.step += 1;
             budget -= 1;

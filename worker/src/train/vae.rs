@@ -172,7 +172,7 @@ pub fn decoder_loss(
 
 /// The weighted mean over pixels of L1 plus squared error, summed over the colour channels and divided
 /// by 3.
-fn reconstruction_error(y: &Tensor, batch: &Batch) -> Result<Tensor> {
+pub(super) fn reconstruction_error(y: &Tensor, batch: &Batch) -> Result<Tensor> {
     let diff = (y - &batch.x)?;
     let per_pixel = (diff.abs()? + diff.sqr()?)?.sum_keepdim(1)?;
     (per_pixel * &batch.weight)?.sum_all()? / (batch.weight.sum_all()?.to_scalar::<f32>()? as f64 * 3.0)
