@@ -17,5 +17,8 @@ pub mod video;
 pub use error::Error;
 pub use palette::{BackgroundColour, Colour};
 pub use prompt::{parse_prompt, Expectation, ObjectExpectation};
-pub use scene::{vocabulary, Background, CaptionParts, Direction, Scene, SceneObject, SceneSampler, Shape, Speed};
+pub use scene::{
+    swap_object_colours, vocabulary, Background, CaptionParts, Direction, Scene, SceneObject, SceneSampler, Shape,
+    Speed,
+};
 pub use video::Video;

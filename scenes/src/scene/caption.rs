@@ -50,6 +50,22 @@ impl CaptionParts {
     pub const ALL: CaptionParts = CaptionParts { speed: true, background: true };
 }
 
+/// The caption with its two objects' colours swapped, in any of its forms: "a red circle moving left and
+/// a green square moving up" becomes "a green circle moving left and a red square moving up". Every word
+/// stays; only which colour goes with which shape changes. `None` for a caption of fewer objects (or
+/// one outside the grammar).
+pub fn swap_object_colours(caption: &str) -> Option<String> {
+    let mut words: Vec<&str> = caption.split(' ').collect();
+    let objects_end = words.iter().position(|&w| w == "on").unwrap_or(words.len());
+    let second = words[..objects_end].iter().position(|&w| w == "and")? + 2;
+    let is_colour = |w: &str| Colour::ALL.iter().any(|c| c.name() == w);
+    if second >= objects_end || words[0] != "a" || !is_colour(words[1]) || !is_colour(words[second]) {
+        return None;
+    }
+    words.swap(1, second);
+    Some(words.join(" "))
+}
+
 fn describe(object: &SceneObject, speed: bool) -> String {
     let (colour, shape, direction) = (object.colour.name(), object.shape.name(), object.direction.name());
     if speed {
@@ -125,6 +141,35 @@ mod tests {
         );
         assert_eq!(with(true, false), "a green square moving quickly left and a blue triangle moving slowly up");
         assert_eq!(with(false, false), "a green square moving left and a blue triangle moving up");
+    }
+
+    #[test]
+    fn swapping_colours_gives_the_caption_of_the_swapped_scene() {
+        let mut scene = Scene {
+            width: 64,
+            height: 64,
+            background: Background::TopBottom(BackgroundColour::Black, BackgroundColour::DarkBlue),
+            objects: vec![
+                object(Colour::Blue, Shape::Square, Speed::Quickly, Direction::Left),
+                object(Colour::Red, Shape::Triangle, Speed::Slowly, Direction::Up),
+            ],
+        };
+        let mut swapped = scene.clone();
+        (swapped.objects[0].colour, swapped.objects[1].colour) = (Colour::Red, Colour::Blue);
+        for speed in [false, true] {
+            for background in [false, true] {
+                let parts = CaptionParts { speed, background };
+                assert_eq!(swap_object_colours(&scene.caption_with(parts)), Some(swapped.caption_with(parts)));
+            }
+        }
+        assert_eq!(
+            swap_object_colours(&scene.caption()).unwrap(),
+            "a red square moving quickly left and a blue triangle moving slowly up on a black and dark blue background"
+        );
+        scene.objects.truncate(1);
+        assert_eq!(swap_object_colours(&scene.caption()), None, "one object, a two-tone background");
+        assert_eq!(swap_object_colours(""), None);
+        assert_eq!(swap_object_colours("a circle and a square"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod caption;
 mod render;
 mod sampler;
 
-pub use caption::{vocabulary, CaptionParts};
+pub use caption::{swap_object_colours, vocabulary, CaptionParts};
 pub use sampler::SceneSampler;
 
 use crate::palette::{BackgroundColour, Colour};

@@ -15,6 +15,8 @@ pub enum Stream {
     DecoderClips = 6,
     /// The shares of a widened decoder's split weights.
     Widen = 7,
+    /// The noise a caption's denoising error is measured with ([`super::binding`]).
+    Binding = 8,
 }
 
 /// A seed for draw `index` of `stream` at `step` (SplitMix64 finalisation of the mixed inputs).

@@ -9,6 +9,7 @@
 //! The weights start random, or from a finished model when the recipe names one (`start_from`), so that
 //! a run can fine-tune the shipped model. The result is written as a diffusers `WanPipeline` folder ([`export`]).
 
+pub mod binding;
 pub mod data;
 pub mod dit;
 pub mod export;

@@ -141,6 +141,14 @@ pub struct DitRecipe {
     /// a CPU run (the decoder's training ops are CPU kernels).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pixel_loss: f64,
+    /// Weight of a contrastive term for two-object captions: each such clip is also denoised under its
+    /// caption with the two objects' colours swapped (every word kept, only which colour goes with which
+    /// shape changed), and the term is `max(0, m − (e_swapped − e)/e)` with the clip's (weighted) velocity
+    /// errors `e` under its own caption and `e_swapped` under the swapped one, `m` the
+    /// [`super::dit::BINDING_MARGIN`]. A transformer that reads its caption as a bag of words scores the
+    /// two alike (`benches/binding`); this asks it to fit its own caption better. 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub binding_loss: f64,
     /// The dtype of the exported transformer weights: `f32`, `f16` or `bf16` (training runs in f32; f16
     /// halves the folder at a relative rounding of 2⁻¹¹).
     #[serde(default = "f32_name")]
@@ -218,6 +226,7 @@ impl Default for Recipe {
                 shift: 3.0,
                 object_weight: 5.0,
                 pixel_loss: 0.0,
+                binding_loss: 0.0,
                 stored_dtype: "f16".into(),
             },
             text: TextRecipe { d_model: 128, heads: 4, d_kv: 32, d_ff: 256, layers: 2, text_len: 32 },
@@ -300,6 +309,9 @@ impl Recipe {
         }
         if !(self.dit.pixel_loss >= 0.0 && self.dit.pixel_loss.is_finite()) {
             return Err(format!("dit.pixel_loss must be at least 0, got {}", self.dit.pixel_loss));
+        }
+        if !(self.dit.binding_loss >= 0.0 && self.dit.binding_loss.is_finite()) {
+            return Err(format!("dit.binding_loss must be at least 0, got {}", self.dit.binding_loss));
         }
         if self.dit.pixel_loss > 0.0 && self.clip_frames() != self.frames {
             return Err("dit.pixel_loss decodes each window's first frame, so it needs windows that start their \
@@ -471,10 +483,30 @@ mod tests {
         assert!(pairs.dit.steps > 0);
         let same = Recipe {
             dit: DitRecipe { clips: tune.dit.clips, steps: tune.dit.steps, two_objects: None, ..pairs.dit.clone() },
-            ..pairs
+            ..pairs.clone()
         };
         assert_eq!(same, tune);
         assert_eq!(tune.dataset_sampler(), SceneSampler::new(tune.width, tune.height));
+
+        // The binding fine-tune is the pairs' fine-tune with the contrastive term for two-object captions.
+        let binding: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-binding.json")).unwrap();
+        binding.validate().unwrap();
+        assert!(binding.dit.binding_loss > 0.0);
+        let same = Recipe { dit: DitRecipe { binding_loss: pairs.dit.binding_loss, ..binding.dit.clone() }, ..binding };
+        assert_eq!(same, pairs);
+
+        // The pixel loss's fine-tune adds the decoded-frame term to the caption fine-tune's recipe, on a
+        // dataset of its own seed and half the clips (its steps cost 1.7 times as much).
+        let pixel: Recipe = serde_json::from_str(include_str!("../../../models/recipes/finetune-pixel.json")).unwrap();
+        pixel.validate().unwrap();
+        assert!(pixel.dit.pixel_loss > 0.0 && pixel.dit.steps > 0 && pixel.seed != tune.seed);
+        let same = Recipe {
+            seed: tune.seed,
+            dit: DitRecipe { clips: tune.dit.clips, pixel_loss: tune.dit.pixel_loss, ..pixel.dit.clone() },
+            ..pixel
+        };
+        assert_eq!(same, tune);
 
         for p in [-0.1, 1.5, f64::NAN] {
             let mut bad = default.clone();
@@ -511,6 +543,10 @@ mod tests {
         bad.dit.clip_frames = Some(33);
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.pixel_loss") && err.contains("clip_frames"), "{err}");
+        let mut bad = Recipe::default();
+        bad.dit.binding_loss = f64::NAN;
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.binding_loss"), "{err}");
         let mut bad = Recipe::default();
         bad.vae.decoder.base_dim = Some(0);
         let err = bad.validate().unwrap_err();

@@ -353,7 +353,8 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         while state.step < r.dit.steps && budget > 0 {
             let started = Instant::now();
             let batch = dit::batch(&r, &dataset, state.step, &dit_device)?;
-            let (loss, value) = dit::loss(&dit_model, &text, r.text.text_len, &batch, pixel.as_ref())?;
+            let (loss, value) =
+                dit::loss(&dit_model, &text, r.text.text_len, &batch, pixel.as_ref(), r.dit.binding_loss)?;
             opt.step(&loss.backward()?, lr_at(r.dit.lr, state.step, r.dit.steps))?;
             state.step += 1;
             budget -= 1;

@@ -257,7 +257,7 @@ fn accumulate(moment: &mut [f64], d: &Tensor) -> Result<()> {
 }
 
 /// The normalised latent of each scene, one tensor each.
-fn encode(vae: &WanVae, scenes: &[Scene], frames: usize) -> Result<Vec<Tensor>> {
+pub(super) fn encode(vae: &WanVae, scenes: &[Scene], frames: usize) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(scenes.len());
     for batch in scenes.chunks(8) {
         let videos: Vec<_> = batch.iter().map(|s| s.render(frames)).collect();

@@ -1,0 +1,372 @@
+//! Which captions the transformer tells apart, whether or not its sampler draws them.
+//!
+//! A diffusion model's denoising error on a video under a caption measures how well the caption fits the
+//! video: the lower, the better. Ranking captions by that error (a diffusion classifier) shows what the
+//! model has learned about them, apart from what sampling makes of it. For each scene the true caption is
+//! put against captions that change one object's colour or shape, and, in two-object scenes, against the
+//! caption with the two objects' colours (or shapes) swapped. A swapped caption holds every word of the
+//! true one; only which colour goes with which shape tells them apart, so a model that reads its caption
+//! as a bag of words ranks the two alike.
+//!
+//! The error is the mean squared error of the predicted velocity over the whole latent, summed over a few
+//! noise levels and draws that every caption of a scene shares, so that the captions differ only in what
+//! the transformer makes of them.
+
+use candle_core::{Device, Tensor};
+use patchwork_scenes::{Colour, Scene, Shape};
+
+use super::data;
+use super::separation::encode;
+use crate::model::dit::WanTransformer;
+use crate::model::t5::TextEncoder;
+use crate::model::vae::WanVae;
+use crate::model::Result;
+
+/// The noise levels every caption is scored at (σ, timestep 1000·σ).
+pub const SIGMAS: [f64; 4] = [0.25, 0.5, 0.75, 0.9];
+
+/// How often the true caption won, of how many contests.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    pub right: usize,
+    pub total: usize,
+    /// The sum over the contests of the error's relative rise from the true caption to the contender
+    /// (for the colour and shape ranks, to the best contender): how much the change matters to the model.
+    pub margin: f64,
+}
+
+impl Tally {
+    fn add(&mut self, won: bool, margin: f64) {
+        self.right += won as usize;
+        self.total += 1;
+        self.margin += margin;
+    }
+
+    pub fn share(&self) -> f64 {
+        self.right as f64 / self.total.max(1) as f64
+    }
+
+    pub fn mean_margin(&self) -> f64 {
+        self.margin / self.total.max(1) as f64
+    }
+}
+
+/// What the transformer tells apart, over lone objects and the objects of two-object scenes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Binding {
+    /// Objects whose true colour has the lowest error of the object colours their background allows (the
+    /// rest of the caption kept).
+    pub lone_colour: Tally,
+    pub lone_shape: Tally,
+    pub pair_colour: Tally,
+    pub pair_shape: Tally,
+    /// Two-object scenes whose true caption beats the one with the objects' colours swapped.
+    pub colour_swap: Tally,
+    /// The same for shapes, over the scenes whose two objects differ in shape.
+    pub shape_swap: Tally,
+}
+
+impl Binding {
+    /// A markdown table: how often the true caption wins, and the mean relative rise of the error.
+    pub fn table(&self) -> String {
+        let mut out = String::from(
+            "| contest | true caption wins | mean rise of the error against the contender |\n| --- | --- | --- |",
+        );
+        let rows = [
+            ("lone objects: colour among those the background allows", &self.lone_colour),
+            ("lone objects: shape among all 3", &self.lone_shape),
+            ("objects of pairs: colour among those the background allows", &self.pair_colour),
+            ("objects of pairs: shape among all 3", &self.pair_shape),
+            ("pairs: against the colours swapped", &self.colour_swap),
+            ("pairs: against the shapes swapped", &self.shape_swap),
+        ];
+        for (name, t) in rows {
+            out += &format!(
+                "\n| {name} | {:.0}% ({}/{}) | {:+.3}% |",
+                100.0 * t.share(),
+                t.right,
+                t.total,
+                100.0 * t.mean_margin()
+            );
+        }
+        out + "\n"
+    }
+}
+
+/// The captions a scene is scored under: the true one first, then for each object the other colours and
+/// shapes, then (with two objects) the colours and the shapes swapped.
+struct Contenders {
+    captions: Vec<String>,
+    /// Per object: the indices of its colour variants (the true caption's index, 0, among them) and of
+    /// its shape variants.
+    colours: Vec<Vec<usize>>,
+    shapes: Vec<Vec<usize>>,
+    colour_swap: Option<usize>,
+    shape_swap: Option<usize>,
+}
+
+fn contenders(scene: &Scene) -> Contenders {
+    let mut captions = vec![scene.caption()];
+    let mut push = |s: Scene| {
+        captions.push(s.caption());
+        captions.len() - 1
+    };
+    let (mut colours, mut shapes) = (Vec::new(), Vec::new());
+    for (i, object) in scene.objects.iter().enumerate() {
+        let mut c = vec![0];
+        // The colours the scene sampler could have drawn on this background.
+        let allowed = |c: Colour| scene.background.colours().iter().all(|&bg| c.stands_out_on(bg));
+        for colour in Colour::ALL.into_iter().filter(|&c| c != object.colour && allowed(c)) {
+            let mut s = scene.clone();
+            s.objects[i].colour = colour;
+            c.push(push(s));
+        }
+        let mut k = vec![0];
+        for shape in Shape::ALL.into_iter().filter(|&s| s != object.shape) {
+            let mut s = scene.clone();
+            s.objects[i].shape = shape;
+            k.push(push(s));
+        }
+        colours.push(c);
+        shapes.push(k);
+    }
+    let (mut colour_swap, mut shape_swap) = (None, None);
+    if let [a, b] = scene.objects.as_slice() {
+        let mut s = scene.clone();
+        (s.objects[0].colour, s.objects[1].colour) = (b.colour, a.colour);
+        colour_swap = Some(push(s));
+        if a.shape != b.shape {
+            let mut s = scene.clone();
+            (s.objects[0].shape, s.objects[1].shape) = (b.shape, a.shape);
+            shape_swap = Some(push(s));
+        }
+    }
+    Contenders { captions, colours, shapes, colour_swap, shape_swap }
+}
+
+/// Scores `scenes` (one or two objects each, rendered at `frames`, the transformer's window) under their
+/// contending captions, with `noises` noise draws at each of [`SIGMAS`]; `text_len` is the pipeline's
+/// prompt length.
+pub fn binding(
+    dit: &WanTransformer,
+    text: &TextEncoder,
+    text_len: usize,
+    vae: &WanVae,
+    scenes: &[Scene],
+    frames: usize,
+    noises: usize,
+) -> Result<Binding> {
+    let mut out = Binding::default();
+    let device = vae.device().clone();
+    for (index, scene) in scenes.iter().enumerate() {
+        let x0 = encode(vae, std::slice::from_ref(scene), frames)?.remove(0).unsqueeze(0)?;
+        let c = contenders(scene);
+        let errors = caption_errors(dit, text, text_len, &x0, &c.captions, index as u64, noises, &device)?;
+        let rise = |i: usize| errors[i] / errors[0] - 1.0;
+        let best_other = |variants: &[usize]| variants[1..].iter().map(|&i| rise(i)).fold(f64::INFINITY, f64::min);
+        let pair = scene.objects.len() == 2;
+        for (colours, shapes) in c.colours.iter().zip(&c.shapes) {
+            let (colour, shape) = if pair {
+                (&mut out.pair_colour, &mut out.pair_shape)
+            } else {
+                (&mut out.lone_colour, &mut out.lone_shape)
+            };
+            let m = best_other(colours);
+            colour.add(m > 0.0, m);
+            let m = best_other(shapes);
+            shape.add(m > 0.0, m);
+        }
+        if let Some(i) = c.colour_swap {
+            out.colour_swap.add(rise(i) > 0.0, rise(i));
+        }
+        if let Some(i) = c.shape_swap {
+            out.shape_swap.add(rise(i) > 0.0, rise(i));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the text encoder's output for an object's colour word says which shape it stands by, over the
+/// two-object scenes of `scenes`. `swapped`: the relative change ‖h − h′‖ / ‖h‖ between the word's output
+/// in the caption and in the caption with the two colours swapped (the same word, now before the other
+/// object's shape). `shape_changed`: the same between the caption and one with the object's own shape
+/// changed to another (a yardstick: the caption's words then change). Both are averaged over the
+/// objects. An encoder whose outputs depend on which words a caption holds but not where gives 0 for
+/// `swapped`: a caption and its swap then reach the transformer as the same set of vectors, and it
+/// cannot tell which colour goes with which shape.
+pub fn colour_word_context(text: &TextEncoder, text_len: usize, scenes: &[Scene]) -> Result<WordContext> {
+    let (mut swapped, mut shape_changed, mut objects) = (0.0, 0.0, 0usize);
+    for scene in scenes.iter().filter(|s| s.objects.len() == 2) {
+        let caption = scene.caption();
+        let words: Vec<&str> = caption.split(' ').collect();
+        // "a COLOUR SHAPE moving ... and a COLOUR SHAPE moving ...".
+        let positions = match words.iter().position(|&w| w == "and") {
+            Some(and)
+                if words.get(1) == Some(&scene.objects[0].colour.name())
+                    && words.get(and + 2) == Some(&scene.objects[1].colour.name()) =>
+            {
+                [1, and + 2]
+            }
+            _ => return Err(crate::model::ModelError::input("caption", format!("no colour words in {caption:?}"))),
+        };
+        let mut captions = vec![caption.clone()];
+        let mut twin = scene.clone();
+        (twin.objects[0].colour, twin.objects[1].colour) = (scene.objects[1].colour, scene.objects[0].colour);
+        captions.push(twin.caption());
+        for i in 0..2 {
+            for shape in Shape::ALL.into_iter().filter(|&s| s != scene.objects[i].shape) {
+                let mut s = scene.clone();
+                s.objects[i].shape = shape;
+                captions.push(s.caption());
+            }
+        }
+        let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let h = text.encode_prompts(&prompts, text_len)?.to_dtype(candle_core::DType::F64)?;
+        let change = |a: &Tensor, b: &Tensor| -> Result<f64> {
+            let norm = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt()) };
+            Ok(norm(&(b - a)?)? / norm(a)?)
+        };
+        for (object, &p) in positions.iter().enumerate() {
+            let own = h.get(0)?.get(p)?;
+            // In the swap, this object's colour word stands where the other object's stood.
+            swapped += change(&own, &h.get(1)?.get(positions[1 - object])?)?;
+            for k in 0..2 {
+                shape_changed += change(&own, &h.get(2 + 2 * object + k)?.get(p)?)? / 2.0;
+            }
+            objects += 1;
+        }
+    }
+    let n = objects.max(1) as f64;
+    Ok(WordContext { swapped: swapped / n, shape_changed: shape_changed / n, objects })
+}
+
+/// [`colour_word_context`]'s measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WordContext {
+    /// The mean relative change of a colour word's output when the caption's two colours are swapped.
+    pub swapped: f64,
+    /// The same when its object's shape changes.
+    pub shape_changed: f64,
+    /// The objects measured.
+    pub objects: usize,
+}
+
+/// The velocity error of latent `x0` (`[1, z, f, h, w]`) under each caption, summed over the shared noise.
+#[allow(clippy::too_many_arguments)]
+fn caption_errors(
+    dit: &WanTransformer,
+    text: &TextEncoder,
+    text_len: usize,
+    x0: &Tensor,
+    captions: &[String],
+    scene: u64,
+    noises: usize,
+    device: &Device,
+) -> Result<Vec<f64>> {
+    const BATCH: usize = 32;
+    let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let context = text.encode_prompts(&prompts, text_len)?.to_device(device)?;
+    // Every (caption, σ, draw) is one item; the noise depends on the scene, σ and draw only.
+    let levels: Vec<(f64, u64)> = SIGMAS.iter().flat_map(|&s| (0..noises as u64).map(move |n| (s, n))).collect();
+    let items: Vec<(usize, usize)> = (0..captions.len()).flat_map(|c| (0..levels.len()).map(move |l| (c, l))).collect();
+    let noise: Vec<Tensor> = levels
+        .iter()
+        .enumerate()
+        .map(|(l, _)| data::normal(data::seed_for(scene, data::Stream::Binding, l as u64, 0), x0.dims(), device))
+        .collect::<candle_core::Result<_>>()?;
+    let mut errors = vec![0.0; captions.len()];
+    for chunk in items.chunks(BATCH) {
+        let mut noisy = Vec::with_capacity(chunk.len());
+        let mut target = Vec::with_capacity(chunk.len());
+        let mut timesteps = Vec::with_capacity(chunk.len());
+        for &(_, l) in chunk {
+            let sigma = levels[l].0;
+            noisy.push(((x0 * (1.0 - sigma))? + (&noise[l] * sigma)?)?);
+            target.push((&noise[l] - x0)?);
+            timesteps.push((sigma * 1000.0) as f32);
+        }
+        let picks = Tensor::from_vec(chunk.iter().map(|&(c, _)| c as u32).collect::<Vec<_>>(), chunk.len(), device)?;
+        let cond = context.index_select(&picks, 0)?;
+        let noisy = Tensor::cat(&noisy, 0)?.to_dtype(dit.dtype())?;
+        let timesteps = Tensor::from_vec(timesteps, chunk.len(), device)?;
+        let pred = dit.forward(&noisy, &timesteps, &cond)?.to_dtype(candle_core::DType::F32)?;
+        let sq = (pred - Tensor::cat(&target, 0)?)?.sqr()?.flatten_from(1)?.mean(1)?.to_vec1::<f32>()?;
+        for (&(c, _), e) in chunk.iter().zip(sq) {
+            errors[c] += e as f64;
+        }
+    }
+    Ok(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patchwork_scenes::SceneSampler;
+
+    /// The shipped model scored on one lone object and one pair: every contest is counted once per object
+    /// or pair, the errors are finite, and the scores do not depend on anything but the inputs.
+    #[test]
+    fn the_shipped_model_is_scored_on_every_contest() {
+        use crate::model::PipelineDir;
+        use candle_core::DType;
+        let pipeline = PipelineDir::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tiny")).unwrap();
+        let device = Device::Cpu;
+        let vae = WanVae::load(&pipeline.component("vae").unwrap(), DType::F32, &device).unwrap();
+        let dit = WanTransformer::load(&pipeline.component("transformer").unwrap(), DType::F32, &device).unwrap();
+        let text = TextEncoder::load(&pipeline, DType::F32, &device).unwrap();
+        let sampler = SceneSampler::new(64, 64);
+        let lone = (0..).map(|s| sampler.sample(s)).find(|s| s.objects.len() == 1).unwrap();
+        let pair = SceneSampler { two_objects: 1.0, ..sampler }.sample(3);
+        let scenes = [lone, pair.clone()];
+        let b = binding(&dit, &text, 32, &vae, &scenes, 5, 1).unwrap();
+        assert_eq!((b.lone_colour.total, b.lone_shape.total), (1, 1));
+        assert_eq!((b.pair_colour.total, b.pair_shape.total), (2, 2));
+        let shapes_differ = pair.objects[0].shape != pair.objects[1].shape;
+        assert_eq!((b.colour_swap.total, b.shape_swap.total), (1, shapes_differ as usize));
+        for t in [b.lone_colour, b.lone_shape, b.pair_colour, b.pair_shape, b.colour_swap, b.shape_swap] {
+            assert!(t.margin.is_finite() && t.right <= t.total, "{t:?}");
+        }
+        assert_eq!(binding(&dit, &text, 32, &vae, &scenes, 5, 1).unwrap(), b);
+        let table = b.table();
+        assert!(table.contains("| pairs: against the colours swapped |"), "{table}");
+        let c = colour_word_context(&text, 32, &scenes).unwrap();
+        assert_eq!(c.objects, 2);
+        assert!(c.swapped >= 0.0 && c.swapped.is_finite() && c.shape_changed.is_finite(), "{c:?}");
+    }
+
+    #[test]
+    fn contenders_change_one_thing_each() {
+        let sampler = SceneSampler { two_objects: 1.0, ..SceneSampler::new(64, 64) };
+        let scene = (0..).map(|s| sampler.sample(s)).find(|s| s.objects[0].shape != s.objects[1].shape).unwrap();
+        let c = contenders(&scene);
+        let (a, b) = (&scene.objects[0], &scene.objects[1]);
+        assert_eq!(c.captions[0], scene.caption());
+        // The other colours the background allows and 2 other shapes per object, and both swaps.
+        let allowed = Colour::ALL.iter().filter(|c| scene.background.colours().iter().all(|&bg| c.stands_out_on(bg)));
+        let allowed = allowed.count();
+        assert!(allowed >= 5, "{scene:?}");
+        assert_eq!(c.captions.len(), 1 + 2 * (allowed - 1 + 2) + 2);
+        for object in 0..2 {
+            assert_eq!((c.colours[object].len(), c.shapes[object].len()), (allowed, 3));
+            assert_eq!((c.colours[object][0], c.shapes[object][0]), (0, 0));
+        }
+        // The swapped caption holds the true caption's words, in another order.
+        let swapped = &c.captions[c.colour_swap.unwrap()];
+        let sorted = |s: &str| {
+            let mut w: Vec<&str> = s.split(' ').collect();
+            w.sort();
+            w.join(" ")
+        };
+        assert_ne!(swapped, &c.captions[0]);
+        assert_eq!(sorted(swapped), sorted(&c.captions[0]));
+        assert!(swapped.starts_with(&format!("a {} {}", b.colour.name(), a.shape.name())), "{swapped}");
+        let swapped = &c.captions[c.shape_swap.unwrap()];
+        assert!(swapped.starts_with(&format!("a {} {}", a.colour.name(), b.shape.name())), "{swapped}");
+        let lone = Scene { objects: vec![*a], ..scene };
+        let c = contenders(&lone);
+        assert_eq!(c.captions.len(), allowed + 2);
+        assert_eq!((c.colour_swap, c.shape_swap), (None, None));
+        let distinct: std::collections::HashSet<&String> = c.captions.iter().collect();
+        assert_eq!(distinct.len(), c.captions.len());
+    }
+}
