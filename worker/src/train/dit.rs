@@ -86,12 +86,6 @@ pub struct Batch {
     pub swapped: Vec<(u32, String)>,
 }
 
-/// The relative rise of a clip's velocity error from its own caption to its colour-swapped caption that
-/// the binding term asks for (`dit.binding_loss`): in the shipped model, changing one lone object's
-/// colour in the caption raises the error by about 8%, one of a pair's objects' by about 2%, and
-/// swapping a pair's colours by 0.005%.
-pub const BINDING_MARGIN: f64 = 0.05;
-
 /// The pixel loss's frozen decoder (built on variables, so that gradients flow through its training
 /// ops to the predicted latent; the optimiser never sees them) and the loss's weight.
 pub struct PixelLoss<'a> {
@@ -245,42 +239,10 @@ pub fn loss(
         loss = (loss + (vae::reconstruction_error(&frames, first)? * pixel.weight)?)?;
     }
     if binding > 0.0 && !batch.swapped.is_empty() {
-        loss = (loss + (binding_term(dit, text, text_len, batch, &pred)? * binding)?)?;
+        loss = (loss + (super::binding::term(dit, text, text_len, batch, &pred)? * binding)?)?;
     }
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok((loss, value))
-}
-
-/// `mean(max(0, m − (e_swapped − e)/e))` over the batch's two-object clips (see [`BINDING_MARGIN`]), `e`
-/// from `pred`, the prediction under the clips' own captions. `e` in the denominator carries no gradient:
-/// it only sets the scale.
-fn binding_term(
-    dit: &WanTransformer,
-    text: &TextEncoder,
-    text_len: usize,
-    batch: &Batch,
-    pred: &Tensor,
-) -> Result<Tensor> {
-    let wrap = candle_core::Error::wrap;
-    let picks: Vec<u32> = batch.swapped.iter().map(|(i, _)| *i).collect();
-    let picks = Tensor::from_vec(picks, batch.swapped.len(), pred.device())?;
-    let prompts: Vec<&str> = batch.swapped.iter().map(|(_, c)| c.as_str()).collect();
-    let context = text.encode_prompts(&prompts, text_len).map_err(wrap)?;
-    let noisy = batch.noisy.index_select(&picks, 0)?;
-    let swapped = dit.forward(&noisy, &batch.timesteps.index_select(&picks, 0)?, &context).map_err(wrap)?;
-    let target = batch.target.index_select(&picks, 0)?;
-    let weight = batch.weight.as_ref().map(|w| w.index_select(&picks, 0)).transpose()?;
-    // Each clip's mean squared error, weighted as the velocity loss weighs it.
-    let per_clip = |p: &Tensor| -> Result<Tensor> {
-        let sq = (p - &target)?.sqr()?;
-        match &weight {
-            Some(w) => sq.broadcast_mul(w)?.flatten_from(1)?.mean(1)?.div(&w.flatten_from(1)?.mean(1)?),
-            None => sq.flatten_from(1)?.mean(1),
-        }
-    };
-    let own = per_clip(&pred.index_select(&picks, 0)?)?;
-    let rise = ((per_clip(&swapped)? - &own)? / own.detach())?;
-    (BINDING_MARGIN - rise)?.relu()?.mean_all()
 }
 
 #[cfg(test)]
@@ -524,7 +486,11 @@ mod tests {
         let own: Vec<&str> = picks.iter().map(|&i| b.captions[i as usize].as_str()).collect();
         let twins: Vec<&str> = b.swapped.iter().map(|(_, s)| s.as_str()).collect();
         let (e, e_swapped) = (errors(&own, &picks)?, errors(&twins, &picks)?);
-        let term = e.iter().zip(&e_swapped).map(|(e, s)| (BINDING_MARGIN - (s - e) / e).max(0.0)).sum::<f64>()
+        let term = e
+            .iter()
+            .zip(&e_swapped)
+            .map(|(e, s)| (super::super::binding::BINDING_MARGIN - (s - e) / e).max(0.0))
+            .sum::<f64>()
             / e.len() as f64;
         assert!(term > 0.0, "an untrained model barely tells the twins apart");
         assert!((with_value - plain_value - 2.0 * term).abs() < 1e-4 * with_value, "{with_value} {plain_value} {term}");

@@ -145,7 +145,7 @@ pub struct DitRecipe {
     /// caption with the two objects' colours swapped (every word kept, only which colour goes with which
     /// shape changed), and the term is `max(0, m − (e_swapped − e)/e)` with the clip's (weighted) velocity
     /// errors `e` under its own caption and `e_swapped` under the swapped one, `m` the
-    /// [`super::dit::BINDING_MARGIN`]. A transformer that reads its caption as a bag of words scores the
+    /// [`super::binding::BINDING_MARGIN`]. A transformer that reads its caption as a bag of words scores the
     /// two alike (`benches/binding`); this asks it to fit its own caption better. 0: off.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub binding_loss: f64,
