@@ -17,7 +17,7 @@ use patchwork_worker::model::dit::WanTransformer;
 use patchwork_worker::model::t5::TextEncoder;
 use patchwork_worker::model::vae::WanVae;
 use patchwork_worker::model::PipelineDir;
-use patchwork_worker::train::binding::{binding, colour_word_context, SIGMAS};
+use patchwork_worker::train::binding::{attention_sharpness, binding, colour_word_context, SIGMAS};
 
 /// The quality bench's scene seeds (`benches/quality`), so that the two measure the same prompts.
 const PROMPT_SEED: u64 = 0x5155_414c_4954_5900;
@@ -58,6 +58,15 @@ fn main() -> anyhow::Result<()> {
         100.0 * c.shape_changed,
         c.objects
     );
+    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    println!("\n| text encoder layer | content score spread | position bias spread | attention entropy (uniform) |");
+    println!("| --- | --- | --- | --- |");
+    for (i, l) in attention_sharpness(&text, text_len, &captions)?.iter().enumerate() {
+        println!(
+            "| {i} | {:.2} | {:.2} | {:.2} nats ({:.2}) |",
+            l.content_spread, l.position_spread, l.entropy, l.uniform_entropy
+        );
+    }
     println!(
         "{prompts} scenes of {WINDOW} frames, 64×64, {noises} noise draws at each σ of {SIGMAS:?}; {} in {:.0} s",
         model.display(),

@@ -226,6 +226,26 @@ pub(super) fn term(
     (BINDING_MARGIN - rise)?.relu()?.mean_all()
 }
 
+/// Multiplies every self-attention query weight of the text encoder whose variables `params` holds by
+/// `scale` (`text.query_scale`), softening its attention scores by that factor.
+pub(super) fn scale_text_queries(params: &super::params::Params, scale: f64) -> candle_core::Result<()> {
+    if scale == 1.0 {
+        return Ok(());
+    }
+    for (name, var) in params.vars() {
+        if name.ends_with(".SelfAttention.q.weight") {
+            var.set(&(var.as_tensor() * scale)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a variable of the transformer phase is one of the text encoder's relative position bias
+/// tables (`text.position_lr`).
+pub(super) fn is_position_bias(name: &str) -> bool {
+    name.starts_with("text_encoder.") && name.ends_with(".SelfAttention.relative_attention_bias.weight")
+}
+
 /// Whether the text encoder's output for an object's colour word says which shape it stands by, over the
 /// two-object scenes of `scenes`. `swapped`: the relative change ‖h − h′‖ / ‖h‖ between the word's output
 /// in the caption and in the caption with the two colours swapped (the same word, now before the other
@@ -290,6 +310,67 @@ pub struct WordContext {
     pub shape_changed: f64,
     /// The objects measured.
     pub objects: usize,
+}
+
+/// How sharp one layer of the text encoder's self-attention is, averaged over the heads and the real
+/// tokens (keys and queries) of a set of captions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSharpness {
+    /// The standard deviation of a query's content scores (`q·k`) across its keys.
+    pub content_spread: f64,
+    /// The same for what the relative position bias adds.
+    pub position_spread: f64,
+    /// The entropy of a query's attention, in nats.
+    pub entropy: f64,
+    /// What the entropy would be if every query attended to every key alike (`ln` of the tokens).
+    pub uniform_entropy: f64,
+}
+
+/// [`AttentionSharpness`] of each layer of `text`'s encoder over `captions`. Where the content scores
+/// spread over tens of units and the position bias over a fraction of one, attention goes to a word for
+/// what it is, wherever it stands, and the softmax is so sharp that little gradient reaches the bias.
+pub fn attention_sharpness(
+    text: &TextEncoder,
+    text_len: usize,
+    captions: &[String],
+) -> Result<Vec<AttentionSharpness>> {
+    let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tokens = text.tokenizer().encode(&prompts, text_len)?;
+    let lens = tokens.seq_lens();
+    let (ids, mask) = tokens.to_tensors(text.encoder().device())?;
+    let std = |v: &[f32]| -> f64 {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+    };
+    let mut layers = Vec::new();
+    for scores in text.encoder().attention_scores(&ids, &mask)? {
+        let content = (0..lens.len())
+            .map(|b| scores.content.get(b)?.to_vec3::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let position = scores.position.get(0)?.to_vec3::<f32>()?;
+        let (mut sums, mut rows) = ([0.0; 4], 0usize);
+        for (b, &n) in lens.iter().enumerate() {
+            for (head, pos) in position.iter().enumerate() {
+                for q in 0..n {
+                    let c = &content[b][head][q][..n];
+                    let p = &pos[q][..n];
+                    let total: Vec<f32> = c.iter().zip(p).map(|(a, b)| a + b).collect();
+                    let top = total.iter().cloned().fold(f32::MIN, f32::max);
+                    let e: Vec<f64> = total.iter().map(|&x| ((x - top) as f64).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    let entropy = -e.iter().map(|&x| x / z).filter(|&x| x > 0.0).map(|x| x * x.ln()).sum::<f64>();
+                    for (sum, v) in sums.iter_mut().zip([std(c), std(p), entropy, (n as f64).ln()]) {
+                        *sum += v;
+                    }
+                    rows += 1;
+                }
+            }
+        }
+        let [content_spread, position_spread, entropy, uniform_entropy] = sums.map(|s| s / rows.max(1) as f64);
+        layers.push(AttentionSharpness { content_spread, position_spread, entropy, uniform_entropy });
+    }
+    Ok(layers)
 }
 
 /// The velocity error of latent `x0` (`[1, z, f, h, w]`) under each caption, summed over the shared noise.
@@ -373,6 +454,53 @@ mod tests {
         let c = colour_word_context(&text, 32, &scenes).unwrap();
         assert_eq!(c.objects, 2);
         assert!(c.swapped >= 0.0 && c.swapped.is_finite() && c.shape_changed.is_finite(), "{c:?}");
+    }
+
+    /// Scaling the text encoder's queries scales its first layer's content scores by the same factor and
+    /// leaves the position bias as it was; the sharpness measures are those of real distributions.
+    #[test]
+    fn scaled_queries_soften_the_text_encoders_attention() {
+        use super::super::params::{Params, Start};
+        use super::super::recipe::Recipe;
+        use crate::model::t5::UMT5Encoder;
+        use crate::model::tokenizer::PromptTokenizer;
+        use std::sync::Arc;
+
+        let device = Device::Cpu;
+        let words = patchwork_scenes::vocabulary();
+        let json = serde_json::to_vec(&super::super::tokenizer::tokenizer_json(&words)).unwrap();
+        let vocab = super::super::tokenizer::SPECIAL.len() + words.len();
+        let params = Arc::new(Params::new(Start::Random { seed: 7, zero: |_| false }));
+        let config = Recipe::default().text_encoder_config(vocab);
+        let encoder = UMT5Encoder::new(&config, params.var_builder(&device)).unwrap();
+        let text = TextEncoder::new(PromptTokenizer::from_json(&json, "test").unwrap(), encoder);
+        let sampler = SceneSampler::new(64, 64);
+        let captions: Vec<String> = (0..6).map(|s| sampler.sample(s).caption()).collect();
+        let before = attention_sharpness(&text, 32, &captions).unwrap();
+        assert_eq!(before.len(), config.num_layers);
+        let (k_before, bias_before) = (weight(&params, ".0.SelfAttention.k.weight"), weight(&params, "bias.weight"));
+        scale_text_queries(&params, 0.25).unwrap();
+        let after = attention_sharpness(&text, 32, &captions).unwrap();
+        let ratio = after[0].content_spread / before[0].content_spread;
+        assert!((ratio - 0.25).abs() < 1e-4, "{ratio}");
+        assert!((after[0].position_spread - before[0].position_spread).abs() < 1e-6);
+        assert_eq!(weight(&params, ".0.SelfAttention.k.weight"), k_before);
+        assert_eq!(weight(&params, "bias.weight"), bias_before);
+        for l in before.iter().chain(&after) {
+            assert!(l.content_spread > 0.0 && l.position_spread > 0.0, "{l:?}");
+            assert!(l.entropy > 0.0 && l.entropy <= l.uniform_entropy + 1e-9, "{l:?}");
+        }
+        // Softer scores spread attention over more words.
+        assert!(after[0].entropy > before[0].entropy, "{before:?} {after:?}");
+        assert!(is_position_bias("text_encoder.encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"));
+        assert!(!is_position_bias("text_encoder.encoder.block.1.layer.0.SelfAttention.q.weight"));
+        assert!(!is_position_bias("transformer.blocks.0.attn1.relative_attention_bias.weight"));
+    }
+
+    /// The first layer's variable whose name ends with `suffix`, as numbers.
+    fn weight(params: &super::super::params::Params, suffix: &str) -> Vec<f32> {
+        let (_, var) = params.vars().into_iter().find(|(n, _)| n.contains("block.0.") && n.ends_with(suffix)).unwrap();
+        var.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Each variable's learning rate as a multiple of the one a step is given.
+    lr_scales: Vec<f64>,
     step: usize,
 }
 
@@ -38,7 +40,13 @@ impl AdamW {
         let zeros = |p: &Var| p.zeros_like();
         let m = params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?;
         let v = params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?;
-        Ok(AdamW { cfg, params, m, v, step: 0 })
+        let lr_scales = vec![1.0; params.len()];
+        Ok(AdamW { cfg, params, m, v, lr_scales, step: 0 })
+    }
+
+    /// Gives each variable `scale(name)` times the learning rate a step is given (1 for all by default).
+    pub fn scale_lr(&mut self, scale: impl Fn(&str) -> f64) {
+        self.lr_scales = self.params.iter().map(|(name, _)| scale(name)).collect();
     }
 
     /// Steps taken so far.
@@ -75,6 +83,7 @@ impl AdamW {
             self.m[i] = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             self.v[i] = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + eps)?)?;
+            let lr = lr * self.lr_scales[i];
             let decayed =
                 if p.rank() >= 2 { (p.as_tensor() * (1.0 - lr * weight_decay))? } else { p.as_tensor().clone() };
             p.set(&(decayed - (update * lr)?)?)?;
@@ -113,6 +122,29 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// A variable's learning-rate scale multiplies its step: 0 holds it still, 3 moves it three times as
+    /// far as a variable of scale 1 on the same gradient.
+    #[test]
+    fn lr_scales_apply_per_variable() -> Result<()> {
+        let dev = Device::Cpu;
+        let vars: Vec<Var> = (0..3).map(|_| Var::zeros(2, candle_core::DType::F32, &dev)).collect::<Result<_>>()?;
+        let names = ["a", "b", "c"];
+        let cfg = AdamWConfig { weight_decay: 0.0, clip_norm: 100.0, ..Default::default() };
+        let mut opt = AdamW::new(names.iter().map(|n| n.to_string()).zip(vars.iter().cloned()).collect(), cfg)?;
+        opt.scale_lr(|name| match name {
+            "a" => 1.0,
+            "b" => 0.0,
+            _ => 3.0,
+        });
+        let target = Tensor::new(&[1f32, -1.0], &dev)?;
+        let loss = vars.iter().map(|v| (v.as_tensor() - &target)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+        let loss = Tensor::stack(&loss, 0)?.sum_all()?;
+        opt.step(&loss.backward()?, 0.01)?;
+        let moved: Vec<f32> = vars.iter().map(|v| v.as_tensor().get(0)?.to_scalar::<f32>()).collect::<Result<_>>()?;
+        assert!((moved[0] - 0.01).abs() < 1e-6 && moved[1] == 0.0 && (moved[2] - 0.03).abs() < 1e-6, "{moved:?}");
+        Ok(())
+    }
 
     #[test]
     fn minimises_a_quadratic_and_resumes_exactly() -> Result<()> {

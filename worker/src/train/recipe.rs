@@ -167,6 +167,10 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextRecipe {
     pub d_model: usize,
@@ -176,6 +180,19 @@ pub struct TextRecipe {
     pub layers: usize,
     /// Tokens per prompt, `</s>` included (the tokenizer's `model_max_length`).
     pub text_len: usize,
+    /// What the text encoder's query weights are multiplied by where the transformer phase starts (from
+    /// random weights or from `start_from`; not on resume). umT5's attention has no `1/√d_kv` scaling,
+    /// so its content scores can grow until the softmax is all but one-hot and the relative position
+    /// bias, the only thing that tells where a word stands, no longer counts or learns. A scale below 1
+    /// softens the scores; T5's own initialisation corresponds to `1/√d_kv`.
+    #[serde(default = "unweighted", skip_serializing_if = "is_one")]
+    pub query_scale: f64,
+    /// The learning rate of the text encoder's relative position bias tables, as a multiple of the
+    /// transformer phase's. AdamW moves each weight by about the learning rate per step, so at a
+    /// fine-tune's rate a bias entry can move only a fraction of a unit in a few hundred steps, while
+    /// the content scores, sums over many weights, move far faster.
+    #[serde(default = "unweighted", skip_serializing_if = "is_one")]
+    pub position_lr: f64,
 }
 
 impl Default for Recipe {
@@ -229,7 +246,16 @@ impl Default for Recipe {
                 binding_loss: 0.0,
                 stored_dtype: "f16".into(),
             },
-            text: TextRecipe { d_model: 128, heads: 4, d_kv: 32, d_ff: 256, layers: 2, text_len: 32 },
+            text: TextRecipe {
+                d_model: 128,
+                heads: 4,
+                d_kv: 32,
+                d_ff: 256,
+                layers: 2,
+                text_len: 32,
+                query_scale: 1.0,
+                position_lr: 1.0,
+            },
             start_from: None,
         }
     }
@@ -312,6 +338,11 @@ impl Recipe {
         }
         if !(self.dit.binding_loss >= 0.0 && self.dit.binding_loss.is_finite()) {
             return Err(format!("dit.binding_loss must be at least 0, got {}", self.dit.binding_loss));
+        }
+        for (field, v) in [("text.query_scale", self.text.query_scale), ("text.position_lr", self.text.position_lr)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("{field} must be a positive number, got {v}"));
+            }
         }
         if self.dit.pixel_loss > 0.0 && self.clip_frames() != self.frames {
             return Err("dit.pixel_loss decodes each window's first frame, so it needs windows that start their \
@@ -493,8 +524,20 @@ mod tests {
             serde_json::from_str(include_str!("../../../models/recipes/finetune-binding.json")).unwrap();
         binding.validate().unwrap();
         assert!(binding.dit.binding_loss > 0.0);
-        let same = Recipe { dit: DitRecipe { binding_loss: pairs.dit.binding_loss, ..binding.dit.clone() }, ..binding };
+        let same = Recipe {
+            dit: DitRecipe { binding_loss: pairs.dit.binding_loss, ..binding.dit.clone() },
+            ..binding.clone()
+        };
         assert_eq!(same, pairs);
+
+        // The soft attention's fine-tune is the binding fine-tune with the text encoder's queries scaled
+        // down at its start and its position biases learning faster.
+        let soft: Recipe =
+            serde_json::from_str(include_str!("../../../models/recipes/finetune-soft-attention.json")).unwrap();
+        soft.validate().unwrap();
+        assert!(soft.text.query_scale < 1.0 && soft.text.position_lr > 1.0);
+        let same = Recipe { text: TextRecipe { query_scale: 1.0, position_lr: 1.0, ..soft.text.clone() }, ..soft };
+        assert_eq!(same, binding);
 
         // The pixel loss's fine-tune adds the decoded-frame term to the caption fine-tune's recipe, on a
         // dataset of its own seed and half the clips (its steps cost 1.7 times as much).
@@ -547,6 +590,19 @@ mod tests {
         bad.dit.binding_loss = f64::NAN;
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.binding_loss"), "{err}");
+        for (v, field) in [(0.0, "text.query_scale"), (f64::INFINITY, "text.query_scale"), (-2.0, "text.position_lr")] {
+            let mut bad = Recipe::default();
+            if field == "text.query_scale" {
+                bad.text.query_scale = v;
+            } else {
+                bad.text.position_lr = v;
+            }
+            let err = bad.validate().unwrap_err();
+            assert!(err.contains(field), "{err}");
+        }
+        // Both default to 1 and stay out of a recipe's JSON there, so the shipped recipes read as before.
+        let json = serde_json::to_string(&Recipe::default()).unwrap();
+        assert!(!json.contains("query_scale") && !json.contains("position_lr"), "{json}");
         let mut bad = Recipe::default();
         bad.vae.decoder.base_dim = Some(0);
         let err = bad.validate().unwrap_err();

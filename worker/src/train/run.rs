@@ -324,12 +324,16 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
     let dit_model = WanTransformer::new(&dit_config, dit_params.var_builder(&dit_device))?;
     let tokenizer = PromptTokenizer::from_json(&tokenizer_json, "<training tokenizer.json>")?;
     let text = TextEncoder::new(tokenizer, UMT5Encoder::new(&text_config, text_params.var_builder(&dit_device))?);
+    if fresh {
+        super::binding::scale_text_queries(&text_params, r.text.query_scale)?;
+    }
     if state.phase == Phase::Transformer {
         let mut vars = Vec::new();
         for (prefix, p) in [("transformer.", &dit_params), ("text_encoder.", &text_params)] {
             vars.extend(p.vars().into_iter().map(|(n, v)| (format!("{prefix}{n}"), v)));
         }
         let mut opt = AdamW::new(vars, AdamWConfig::default())?;
+        opt.scale_lr(|name| if super::binding::is_position_bias(name) { r.text.position_lr } else { 1.0 });
         if state.step > 0 {
             opt.restore(&load_params(&work.join(DIT_CKPT), "opt.")?, state.step)?;
         }

@@ -38,6 +38,19 @@ impl SelfAttention {
         self.relative_attention_bias.forward(buckets)?.permute((2, 0, 1))?.unsqueeze(0)?.to_dtype(DType::F32)
     }
 
+    /// What the tokens' contents alone give the scores, `q·k` (no scaling): `[B, heads, L, L]` in f32, for
+    /// `x` `[B, L, d_model]`, already normed. The position bias and the mask are added to these.
+    pub fn content_scores(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            // [B, L, heads * d_kv] -> [B, heads, L, d_kv]
+            t.reshape((b, l, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
+        };
+        let q = heads(self.q.forward(x)?)?;
+        let k = heads(self.k.forward(x)?)?;
+        q.matmul(&k.t()?)?.to_dtype(DType::F32)
+    }
+
     /// `x`: `[B, L, d_model]`, already normed, in the model's dtype. `bias`: `[B or 1, heads, L, L]` f32,
     /// the position bias with the padding mask folded in. Returns `[B, L, d_model]` in the model's dtype.
     ///
@@ -50,10 +63,8 @@ impl SelfAttention {
             // [B, L, heads * d_kv] -> [B, heads, L, d_kv]
             t.reshape((b, l, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
         };
-        let q = heads(self.q.forward(x)?)?;
-        let k = heads(self.k.forward(x)?)?;
         let v = heads(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?.broadcast_add(bias)?;
+        let scores = self.content_scores(x)?.broadcast_add(bias)?;
         let probs = crate::model::cpu::softmax_last(&scores)?.to_dtype(dtype)?;
         // [B, heads, L, d_kv] -> [B, L, heads * d_kv]
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.num_heads * self.d_kv))?;

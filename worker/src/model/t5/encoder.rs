@@ -38,13 +38,34 @@ impl Block {
     }
 
     /// `h`: the residual stream, `[B, L, d_model]` f32. `buckets`: `[L, L]`. `mask`: `[B, 1, 1, L]` f32.
-    fn forward(&self, h: &Tensor, buckets: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let bias = self.attn.position_bias(buckets)?.broadcast_add(mask)?;
-        let attended = self.attn.forward(&self.attn_norm.forward(h)?, &bias)?;
+    /// With `scores`, this layer's content scores and position bias are pushed to it.
+    fn forward(
+        &self,
+        h: &Tensor,
+        buckets: &Tensor,
+        mask: &Tensor,
+        scores: Option<&mut Vec<AttentionScores>>,
+    ) -> candle_core::Result<Tensor> {
+        let position = self.attn.position_bias(buckets)?;
+        let bias = position.broadcast_add(mask)?;
+        let x = self.attn_norm.forward(h)?;
+        if let Some(scores) = scores {
+            scores.push(AttentionScores { content: self.attn.content_scores(&x)?, position: position.clone() });
+        }
+        let attended = self.attn.forward(&x, &bias)?;
         let h = (h + attended.to_dtype(DType::F32)?)?;
         let fed = self.ffn.forward(&self.ffn_norm.forward(&h)?)?;
         h + fed.to_dtype(DType::F32)?
     }
+}
+
+/// One layer's self-attention scores before the mask and softmax, in their two parts: what the tokens'
+/// contents give (`q·k`, `[B, heads, L, L]`) and what their relative positions add (`[1, heads, L, L]`),
+/// both f32. Only the position part knows where a word stands.
+#[derive(Debug, Clone)]
+pub struct AttentionScores {
+    pub content: Tensor,
+    pub position: Tensor,
 }
 
 /// The umT5 encoder. The residual stream is kept in f32 whatever the weights' dtype: the reference keeps
@@ -104,6 +125,22 @@ impl UMT5Encoder {
     /// `last_hidden_state`, `[B, L, d_model]` in the weights' dtype. Padding positions get values too (they
     /// attend to the real tokens); callers that want them zeroed cut them off afterwards.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.forward_inspected(input_ids, attention_mask, None)
+    }
+
+    /// Each layer's self-attention scores for these tokens (see [`forward`](Self::forward)), in order.
+    pub fn attention_scores(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Vec<AttentionScores>> {
+        let mut scores = Vec::with_capacity(self.blocks.len());
+        self.forward_inspected(input_ids, attention_mask, Some(&mut scores))?;
+        Ok(scores)
+    }
+
+    fn forward_inspected(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut scores: Option<&mut Vec<AttentionScores>>,
+    ) -> Result<Tensor> {
         let (b, l) = self.check_ids(input_ids)?;
         let mask = self.mask_bias(attention_mask, b, l)?;
         let ids = input_ids.to_device(&self.device)?;
@@ -111,7 +148,7 @@ impl UMT5Encoder {
         let mut h = self.embed_tokens.forward(&ids)?.to_dtype(DType::F32)?;
         let buckets = relative_position_buckets(&self.cfg, l, &self.device)?;
         for block in &self.blocks {
-            h = block.forward(&h, &buckets, &mask)?;
+            h = block.forward(&h, &buckets, &mask, scores.as_deref_mut())?;
         }
         Ok(self.final_layer_norm.forward(&h)?)
     }

@@ -12,6 +12,6 @@ mod layers;
 mod text_encoder;
 
 pub use config::{Activation, FeedForwardKind, UMT5Config};
-pub use encoder::UMT5Encoder;
+pub use encoder::{AttentionScores, UMT5Encoder};
 pub use layers::relative_position_bucket;
 pub use text_encoder::{keep_real_tokens, TextEncoder};
