@@ -313,6 +313,30 @@ fn a_run_starts_from_a_finished_model_and_fine_tunes_it() {
         assert!(moved > 0.0 && moved < 0.02, "{file}: moved by {moved} from the start model");
     }
 
+    // Soft attention: the text encoder's queries are scaled where the run starts, and its position bias
+    // tables learn 1,000 times as fast as the rest (one AdamW step moves a weight by about its rate).
+    let mut soft = tune.clone();
+    (soft.dit.steps, soft.dit.clips) = (1, 4);
+    (soft.text.query_scale, soft.text.position_lr) = (0.5, 1000.0);
+    train::train(&config(soft, "soft", None), &mut Quiet).unwrap();
+    let text = "text_encoder/model.safetensors";
+    let (before, after) = (load("base-model", text), load("soft-model", text));
+    let (mut queries, mut biases) = (0, 0);
+    for (name, t) in &after {
+        let step = (t - &before[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        if name.ends_with(".SelfAttention.q.weight") {
+            queries += 1;
+            let halved = (&before[name] * 0.5).unwrap();
+            assert!(rel(t, &halved) < 0.01, "{name} is not half the start model's: {}", rel(t, &halved));
+        } else if name.ends_with(".SelfAttention.relative_attention_bias.weight") {
+            biases += 1;
+            assert!(step > 0.05, "{name} moved by only {step} at 1,000 times the rate");
+        } else {
+            assert!(step < 2e-3, "{name} moved by {step} at the phase's rate");
+        }
+    }
+    assert_eq!((queries, biases), (recipe.text.layers, recipe.text.layers));
+
     // A decoder twice as wide: widened from the start model's without changing what it decodes, then
     // trained on; the encoder and the latent statistics are the start model's.
     let mut wide = tune.clone();
