@@ -38,34 +38,30 @@ impl SelfAttention {
         self.relative_attention_bias.forward(buckets)?.permute((2, 0, 1))?.unsqueeze(0)?.to_dtype(DType::F32)
     }
 
+    /// `[B, L, heads * d_kv]` -> `[B, heads, L, d_kv]`.
+    fn split_heads(&self, t: Tensor) -> Result<Tensor> {
+        let (b, l, _) = t.dims3()?;
+        t.reshape((b, l, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
+    }
+
     /// What the tokens' contents alone give the scores, `q·k` (no scaling): `[B, heads, L, L]` in f32, for
-    /// `x` `[B, L, d_model]`, already normed. The position bias and the mask are added to these.
+    /// `x` `[B, L, d_model]`, already normed. [`forward`](Self::forward) adds the position bias and mask.
     pub fn content_scores(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            // [B, L, heads * d_kv] -> [B, heads, L, d_kv]
-            t.reshape((b, l, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
-        };
-        let q = heads(self.q.forward(x)?)?;
-        let k = heads(self.k.forward(x)?)?;
+        let q = self.split_heads(self.q.forward(x)?)?;
+        let k = self.split_heads(self.k.forward(x)?)?;
         q.matmul(&k.t()?)?.to_dtype(DType::F32)
     }
 
-    /// `x`: `[B, L, d_model]`, already normed, in the model's dtype. `bias`: `[B or 1, heads, L, L]` f32,
-    /// the position bias with the padding mask folded in. Returns `[B, L, d_model]` in the model's dtype.
+    /// `x`: `[B, L, d_model]`, already normed, in the model's dtype. `content`: its
+    /// [`content_scores`](Self::content_scores). `bias`: `[B or 1, heads, L, L]` f32, the position bias
+    /// with the padding mask folded in. Returns `[B, L, d_model]` in the model's dtype.
     ///
-    /// The scores are moved to f32 before the bias is added and the softmax taken: in bf16 a bias of
-    /// -3.4e38 and scores in the hundreds would otherwise round the distribution coarsely.
-    pub fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    /// The scores are in f32 before the bias is added and the softmax taken: in bf16 a bias of -3.4e38
+    /// and scores in the hundreds would otherwise round the distribution coarsely.
+    pub fn forward(&self, x: &Tensor, content: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let dtype = x.dtype();
-        let heads = |t: Tensor| -> Result<Tensor> {
-            // [B, L, heads * d_kv] -> [B, heads, L, d_kv]
-            t.reshape((b, l, self.num_heads, self.d_kv))?.transpose(1, 2)?.contiguous()
-        };
-        let v = heads(self.v.forward(x)?)?;
-        let scores = self.content_scores(x)?.broadcast_add(bias)?;
-        let probs = crate::model::cpu::softmax_last(&scores)?.to_dtype(dtype)?;
+        let v = self.split_heads(self.v.forward(x)?)?;
+        let probs = crate::model::cpu::softmax_last(&content.broadcast_add(bias)?)?.to_dtype(x.dtype())?;
         // [B, heads, L, d_kv] -> [B, L, heads * d_kv]
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, self.num_heads * self.d_kv))?;
         self.o.forward(&out)

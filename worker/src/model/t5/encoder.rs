@@ -49,10 +49,11 @@ impl Block {
         let position = self.attn.position_bias(buckets)?;
         let bias = position.broadcast_add(mask)?;
         let x = self.attn_norm.forward(h)?;
+        let content = self.attn.content_scores(&x)?;
         if let Some(scores) = scores {
-            scores.push(AttentionScores { content: self.attn.content_scores(&x)?, position: position.clone() });
+            scores.push(AttentionScores { content: content.clone(), position });
         }
-        let attended = self.attn.forward(&x, &bias)?;
+        let attended = self.attn.forward(&x, &content, &bias)?;
         let h = (h + attended.to_dtype(DType::F32)?)?;
         let fed = self.ffn.forward(&self.ffn_norm.forward(&h)?)?;
         h + fed.to_dtype(DType::F32)?

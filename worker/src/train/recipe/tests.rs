@@ -1,0 +1,199 @@
+//! The shipped recipes, how each relates to the one it was derived from, and the errors bad ones get.
+
+use super::*;
+
+#[test]
+fn the_shipped_recipes_are_valid_and_share_the_vae() {
+    let default = Recipe::default();
+    default.validate().unwrap();
+    let cpu: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/cpu-hour.json")).unwrap();
+    cpu.validate().unwrap();
+    // The same VAE phase; the decoder's own phase is shorter, to fit the hour.
+    assert_eq!(VaeRecipe { decoder: default.vae.decoder.clone(), ..cpu.vae.clone() }, default.vae);
+    assert!(cpu.vae.decoder.steps > 0 && cpu.vae.decoder.steps < default.vae.decoder.steps);
+    assert!(cpu.dit.steps * cpu.dit.batch < default.dit.steps * default.dit.batch);
+
+    // The fine-tune keeps the shipped model's sizes and data and trains its transformer further.
+    let tune: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-captions.json")).unwrap();
+    tune.validate().unwrap();
+    assert_eq!(tune.start_from.as_deref(), Some(std::path::Path::new("models/tiny")));
+    assert_eq!((tune.vae.steps, tune.vae.decoder.steps), (0, 0));
+    assert!(tune.dit.caption_part_dropout > 0.0);
+    let same = Recipe {
+        start_from: None,
+        vae: VaeRecipe { steps: default.vae.steps, decoder: default.vae.decoder.clone(), ..tune.vae.clone() },
+        dit: DitRecipe {
+            steps: default.dit.steps,
+            batch: default.dit.batch,
+            lr: default.dit.lr,
+            caption_part_dropout: default.dit.caption_part_dropout,
+            ..tune.dit.clone()
+        },
+        ..tune.clone()
+    };
+    assert_eq!(same, default);
+
+    // The decoder's fine-tune keeps everything but the decoder, which it trains on long clips.
+    let long: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-long-decoder.json")).unwrap();
+    long.validate().unwrap();
+    assert_eq!(long.start_from.as_deref(), Some(std::path::Path::new("models/tiny")));
+    assert_eq!((long.vae.steps, long.dit.steps), (0, 0));
+    assert!(long.vae.decoder.steps > 0 && long.vae.decoder.clips.iter().any(|c| c.frames > 4 * long.frames));
+    let same = Recipe {
+        start_from: None,
+        vae: VaeRecipe {
+            steps: default.vae.steps,
+            decoder: DecoderRecipe {
+                steps: default.vae.decoder.steps,
+                lr: default.vae.decoder.lr,
+                clips: Vec::new(),
+                ..long.vae.decoder.clone()
+            },
+            ..long.vae.clone()
+        },
+        // The transformer's fields are the caption fine-tune's, and idle: it takes no steps.
+        dit: DitRecipe {
+            steps: default.dit.steps,
+            batch: default.dit.batch,
+            lr: default.dit.lr,
+            caption_part_dropout: default.dit.caption_part_dropout,
+            ..long.dit.clone()
+        },
+        ..long.clone()
+    };
+    assert_eq!(same, default);
+
+    // The wide decoder's fine-tune is the long-clip decoder's with a decoder twice as wide, widened
+    // from the start model's, and only the check clips encoded (the start model's statistics are kept).
+    let wide: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-wide-decoder.json")).unwrap();
+    wide.validate().unwrap();
+    assert_eq!(wide.vae_config().decoder_base_dim, Some(2 * wide.vae.base_dim));
+    let same = Recipe {
+        vae: VaeRecipe {
+            decoder: DecoderRecipe { steps: long.vae.decoder.steps, base_dim: None, ..wide.vae.decoder.clone() },
+            ..wide.vae.clone()
+        },
+        dit: DitRecipe { clips: long.dit.clips, ..wide.dit.clone() },
+        ..wide.clone()
+    };
+    assert_eq!(same, long);
+    assert_eq!(Recipe::default().vae_config().decoder_base_dim, None);
+
+    // The windows' fine-tune trains the transformer further on windows cut from longer clips, and
+    // keeps the rest of the caption fine-tune's recipe.
+    let windows: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-windows.json")).unwrap();
+    windows.validate().unwrap();
+    assert!(windows.clip_frames() > windows.frames && windows.dit.steps > 0);
+    let same = Recipe { dit: DitRecipe { clips: tune.dit.clips, clip_frames: None, ..windows.dit.clone() }, ..windows };
+    assert_eq!(same, tune);
+
+    // The pairs' fine-tune trains the transformer further on a dataset where half the scenes hold two
+    // objects, and keeps the rest of the caption fine-tune's recipe.
+    let pairs: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-pairs.json")).unwrap();
+    pairs.validate().unwrap();
+    assert_eq!(pairs.dataset_sampler().two_objects, 0.5);
+    assert!(pairs.dit.steps > 0);
+    let same = Recipe {
+        dit: DitRecipe { clips: tune.dit.clips, steps: tune.dit.steps, two_objects: None, ..pairs.dit.clone() },
+        ..pairs.clone()
+    };
+    assert_eq!(same, tune);
+    assert_eq!(tune.dataset_sampler(), SceneSampler::new(tune.width, tune.height));
+
+    // The binding fine-tune is the pairs' fine-tune with the contrastive term for two-object captions.
+    let binding: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-binding.json")).unwrap();
+    binding.validate().unwrap();
+    assert!(binding.dit.binding_loss > 0.0);
+    let same =
+        Recipe { dit: DitRecipe { binding_loss: pairs.dit.binding_loss, ..binding.dit.clone() }, ..binding.clone() };
+    assert_eq!(same, pairs);
+
+    // The soft attention's fine-tune is the binding fine-tune with the text encoder's queries scaled
+    // down at its start and its position biases learning faster.
+    let soft: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-soft-attention.json")).unwrap();
+    soft.validate().unwrap();
+    assert!(soft.text.query_scale < 1.0 && soft.text.position_lr > 1.0);
+    let same = Recipe { text: TextRecipe { query_scale: 1.0, position_lr: 1.0, ..soft.text.clone() }, ..soft };
+    assert_eq!(same, binding);
+
+    // The pixel loss's fine-tune adds the decoded-frame term to the caption fine-tune's recipe, on a
+    // dataset of its own seed and half the clips (its steps cost 1.7 times as much).
+    let pixel: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-pixel.json")).unwrap();
+    pixel.validate().unwrap();
+    assert!(pixel.dit.pixel_loss > 0.0 && pixel.dit.steps > 0 && pixel.seed != tune.seed);
+    let same = Recipe {
+        seed: tune.seed,
+        dit: DitRecipe { clips: tune.dit.clips, pixel_loss: tune.dit.pixel_loss, ..pixel.dit.clone() },
+        ..pixel
+    };
+    assert_eq!(same, tune);
+
+    for p in [-0.1, 1.5, f64::NAN] {
+        let mut bad = default.clone();
+        bad.dit.two_objects = Some(p);
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains("dit.two_objects"), "{err}");
+    }
+    let mut bad = default.clone();
+    bad.dit.clip_frames = Some(31);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.clip_frames") && err.contains("31"), "{err}");
+    bad.dit.clip_frames = Some(13);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.clip_frames") && err.contains("13"), "{err}");
+    let mut bad = default.clone();
+    bad.dit.caption_part_dropout = 1.0;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.caption_part_dropout"), "{err}");
+    let mut bad = default.clone();
+    bad.dit.stored_dtype = "f8".into();
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.stored_dtype") && err.contains("f8"), "{err}");
+    let mut bad = default;
+    bad.vae.decoder =
+        DecoderRecipe { steps: 10, lr: 1e-3, object_weight: 0.5, latent_noise: 0.0, clips: vec![], base_dim: None };
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.decoder.object_weight") && err.contains("0.5"), "{err}");
+    let mut bad = Recipe::default();
+    bad.dit.pixel_loss = -1.0;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.pixel_loss") && err.contains("-1"), "{err}");
+    bad.dit.pixel_loss = 1.0;
+    bad.validate().unwrap();
+    bad.dit.clip_frames = Some(33);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.pixel_loss") && err.contains("clip_frames"), "{err}");
+    let mut bad = Recipe::default();
+    bad.dit.binding_loss = f64::NAN;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.binding_loss"), "{err}");
+    for (v, field) in [(0.0, "text.query_scale"), (f64::INFINITY, "text.query_scale"), (-2.0, "text.position_lr")] {
+        let mut bad = Recipe::default();
+        if field == "text.query_scale" {
+            bad.text.query_scale = v;
+        } else {
+            bad.text.position_lr = v;
+        }
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains(field), "{err}");
+    }
+    // Both default to 1 and stay out of a recipe's JSON there, so the shipped recipes read as before.
+    let json = serde_json::to_string(&Recipe::default()).unwrap();
+    assert!(!json.contains("query_scale") && !json.contains("position_lr"), "{json}");
+    let mut bad = Recipe::default();
+    bad.vae.decoder.base_dim = Some(0);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.decoder.base_dim"), "{err}");
+    let mut bad = Recipe::default();
+    bad.vae.decoder.clips = vec![ClipShape { frames: 77, crop: 16 }, ClipShape { frames: 76, crop: 16 }];
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.decoder.clips[1].frames") && err.contains("76"), "{err}");
+    bad.vae.decoder.clips[1] = ClipShape { frames: 41, crop: 12 };
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.decoder.clips[1].crop") && err.contains("12"), "{err}");
+}
