@@ -2,11 +2,13 @@
 //! long videos stay consistent where the windows join?
 //!
 //!   quality [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S] [--sampler euler|unipc]
-//!           [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
-//!           [--model DIR] [--short] [--noise shuffled]
+//!           [--window 17] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
+//!           [--model DIR] [--short] [--noise shuffled] [--negative swapped]
 //!
 //! `--keep` writes each video and its prompt (`MODE-INDEX.mp4`, `.txt`); `--model` measures a pipeline
-//! folder instead of the embedded model; `--noise` is the jobs' noise layout (`independent` by default).
+//! folder instead of the embedded model; `--noise` is the jobs' noise layout (`independent` by default);
+//! `--negative swapped` gives every two-object prompt its colours swapped as the negative prompt, so that
+//! guidance pushes from the wrong binding rather than from no caption.
 //!
 //! Prompts are captions of procedural scenes (the kind the model was trained on, drawn with seeds it
 //! never saw), one to two objects, plain or two-tone backgrounds; `--short` leaves out their speeds and
@@ -14,15 +16,17 @@
 //! in-process farm (coordinator and one worker on loopback, the embedded model, as `patchwork render`
 //! does) four ways:
 //! - one native window (17 frames): the model alone;
-//! - `--frames` long with windows of 17 frames overlapping by `--overlap` (8), joined by the smooth (sin²) weights;
+//! - `--frames` long with windows of `--window` frames (17) overlapping by `--overlap` (8), joined by the smooth
+//!   (sin²) weights;
 //! - the same joined by a plain average over each overlap;
 //! - the same with no overlap at all (windows side by side).
 //!
 //! Each MP4 is decoded and measured by `patchwork eval`'s evaluator: colour and shape of every object the
 //! prompt names over the whole video, direction over the first 17 frames (captions name the starting
 //! direction; objects bounce off the edges later), and the main object's frame-to-frame movement at the
-//! seams (where a window begins or ends) against its median movement elsewhere. Prints a markdown table.
-//! `tools/bench/quality.sh` builds and runs it.
+//! seams (where a window begins or ends) against its median movement elsewhere; and, to see where a long
+//! video loses its colours, the colour of every object in each whole 17-frame piece of the video on its
+//! own. Prints markdown tables. `tools/bench/quality.sh` builds and runs it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use patchwork_coordinator::CoordinatorConfig;
 use patchwork_scenes::eval::{evaluate, Report};
-use patchwork_scenes::{CaptionParts, SceneSampler, Video};
+use patchwork_scenes::{swap_object_colours, CaptionParts, SceneSampler, Video};
 use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
 use patchwork_shared::windows::temporal_seams;
@@ -50,6 +54,8 @@ struct Options {
     steps: Option<u32>,
     guidance: Option<f32>,
     shift: Option<f32>,
+    /// Window length of the long modes (the one-window mode always has the native 17).
+    window: u32,
     /// Frames shared by neighbouring windows in the overlapping modes.
     overlap: u32,
     /// `euler` or `unipc` (empty: the model's default).
@@ -63,6 +69,8 @@ struct Options {
     short: bool,
     /// The jobs' `noise` (empty: the default).
     noise: String,
+    /// Two-object prompts get their colours swapped as the negative prompt.
+    negative_swapped: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -72,6 +80,7 @@ fn options() -> anyhow::Result<Options> {
         steps: None,
         guidance: None,
         shift: None,
+        window: WINDOW,
         overlap: 8,
         sampler: String::new(),
         modes: vec![0, 1, 2, 3],
@@ -79,6 +88,7 @@ fn options() -> anyhow::Result<Options> {
         model: None,
         short: false,
         noise: String::new(),
+        negative_swapped: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,6 +99,7 @@ fn options() -> anyhow::Result<Options> {
             "--steps" => o.steps = Some(value()?.parse()?),
             "--guidance" => o.guidance = Some(value()?.parse()?),
             "--shift" => o.shift = Some(value()?.parse()?),
+            "--window" => o.window = value()?.parse()?,
             "--overlap" => o.overlap = value()?.parse()?,
             "--sampler" => o.sampler = value()?,
             "--modes" => {
@@ -101,6 +112,10 @@ fn options() -> anyhow::Result<Options> {
             "--model" => o.model = Some(PathBuf::from(value()?)),
             "--short" => o.short = true,
             "--noise" => o.noise = value()?,
+            "--negative" => match value()?.as_str() {
+                "swapped" => o.negative_swapped = true,
+                other => bail!("--negative: only `swapped` is known, not {other:?}"),
+            },
             // cargo bench passes --bench to every harness-less target.
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -113,6 +128,7 @@ fn options() -> anyhow::Result<Options> {
 struct Mode {
     name: &'static str,
     frames: u32,
+    window: u32,
     overlap: u32,
     fusion: &'static str,
 }
@@ -125,6 +141,8 @@ struct Score {
     shape: usize,
     direction: usize,
     seam_ratio: Option<f64>,
+    /// Objects with the right colour in each whole 17-frame piece of the video, from its start.
+    piece_colours: Vec<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,10 +153,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(o: Options) -> anyhow::Result<()> {
     let modes = [
-        Mode { name: "one window (17 frames)", frames: WINDOW, overlap: 0, fusion: "smooth" },
-        Mode { name: "smooth fusion", frames: o.frames, overlap: o.overlap, fusion: "smooth" },
-        Mode { name: "plain average", frames: o.frames, overlap: o.overlap, fusion: "average" },
-        Mode { name: "no overlap", frames: o.frames, overlap: 0, fusion: "smooth" },
+        Mode { name: "one window (17 frames)", frames: WINDOW, window: WINDOW, overlap: 0, fusion: "smooth" },
+        Mode { name: "smooth fusion", frames: o.frames, window: o.window, overlap: o.overlap, fusion: "smooth" },
+        Mode { name: "plain average", frames: o.frames, window: o.window, overlap: o.overlap, fusion: "average" },
+        Mode { name: "no overlap", frames: o.frames, window: o.window, overlap: 0, fusion: "smooth" },
     ];
     let sampler = SceneSampler::new(64, 64);
     let parts = if o.short { CaptionParts { speed: false, background: false } } else { CaptionParts::ALL };
@@ -152,13 +170,19 @@ async fn run(o: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut table = Vec::new();
     for (m, mode) in modes.iter().enumerate().filter(|(m, _)| o.modes.contains(m)) {
-        let seams = temporal_seams(&g, mode.frames as usize, WINDOW as usize, mode.overlap as usize)?;
+        let seams =
+            temporal_seams(&g, mode.frames as usize, mode.window.min(mode.frames) as usize, mode.overlap as usize)?;
         let mut scores = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
             let spec = pb::JobSpec {
                 prompt: prompt.clone(),
+                negative_prompt: if o.negative_swapped {
+                    swap_object_colours(prompt).unwrap_or_default()
+                } else {
+                    String::new()
+                },
                 frames: Some(mode.frames),
-                window_frames: Some(WINDOW),
+                window_frames: Some(mode.window),
                 overlap_frames: Some(mode.overlap),
                 fusion: mode.fusion.into(),
                 noise: o.noise.clone(),
@@ -176,8 +200,10 @@ async fn run(o: Options) -> anyhow::Result<()> {
             }
             let video = patchwork_scenes::mp4::decode_mp4(&bytes)?;
             let whole = evaluate(&video, prompt, (!seams.is_empty()).then_some(seams.as_slice()));
-            let start = evaluate(&first_frames(&video, WINDOW as usize), prompt, None);
-            scores.push(score(&whole, &start));
+            let pieces: Vec<Report> = (0..video.frames / WINDOW as usize)
+                .map(|k| evaluate(&frames(&video, k * WINDOW as usize, WINDOW as usize), prompt, None))
+                .collect();
+            scores.push(score(&whole, &pieces));
         }
         eprintln!("{}: {} videos in {:.0} s", mode.name, scores.len(), started.elapsed().as_secs_f64());
         table.push((mode, seams.len(), scores));
@@ -222,6 +248,14 @@ async fn run(o: Options) -> anyhow::Result<()> {
         };
         println!("| {} | {} | {} |", mode.name, part(false), part(true));
     }
+    println!("\n| joining | objects with the right colour in each 17-frame piece, from the video's start |");
+    println!("| --- | --- |");
+    for (mode, _, scores) in &table {
+        let pieces = scores.iter().map(|s| s.piece_colours.len()).min().unwrap_or(0);
+        let counts: Vec<String> =
+            (0..pieces).map(|k| scores.iter().map(|s| s.piece_colours[k]).sum::<usize>().to_string()).collect();
+        println!("| {} | {} |", mode.name, counts.join(", "));
+    }
     println!(
         "\n{} {}prompts ({objects} objects), {:.0} s in all",
         o.prompts,
@@ -232,7 +266,8 @@ async fn run(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn score(whole: &Report, start: &Report) -> Score {
+/// A video's score: colour and shape over the whole video, direction over its first piece.
+fn score(whole: &Report, pieces: &[Report]) -> Score {
     let count = |r: &Report, f: fn(&patchwork_scenes::eval::ObjectReport) -> Option<bool>| {
         r.objects.iter().filter(|o| f(o) == Some(true)).count()
     };
@@ -240,15 +275,18 @@ fn score(whole: &Report, start: &Report) -> Score {
         objects: whole.objects.len(),
         colour: count(whole, |o| o.colour_ok),
         shape: count(whole, |o| o.shape_ok),
-        direction: count(start, |o| o.direction_ok),
+        direction: pieces.first().map_or(0, |start| count(start, |o| o.direction_ok)),
         seam_ratio: whole.seams.as_ref().and_then(|s| s.position_px.as_ref()).map(|c| c.ratio),
+        piece_colours: pieces.iter().map(|p| count(p, |o| o.colour_ok)).collect(),
     }
 }
 
-/// The first `n` frames of a video.
-fn first_frames(video: &Video, n: usize) -> Video {
-    let n = n.min(video.frames);
-    Video { frames: n, height: video.height, width: video.width, data: video.data[..n * video.frame_len()].to_vec() }
+/// Frames `start..start + n` of a video (as many of them as it has).
+fn frames(video: &Video, start: usize, n: usize) -> Video {
+    let start = start.min(video.frames);
+    let n = n.min(video.frames - start);
+    let bytes = start * video.frame_len()..(start + n) * video.frame_len();
+    Video { frames: n, height: video.height, width: video.width, data: video.data[bytes].to_vec() }
 }
 
 type Farm = (RenderServiceClient<Channel>, CancellationToken, Vec<tokio::task::JoinHandle<()>>, tempfile::TempDir);

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Quality of the embedded tiny model through the farm: 50 procedural prompts, each rendered as one native
 # window and as a 77-frame video (20 latent frames) joined three ways (smooth sin² fusion, plain average,
-# no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints a markdown table
-# (progress on stderr). About 6–8 minutes on 2 cores.
+# no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints markdown tables: the
+# scores, the same for lone objects and objects of pairs, and how many objects have the right colour in
+# each 17-frame piece of the videos (progress on stderr). About 6–8 minutes on 2 cores.
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S]
-#                          [--sampler euler|unipc] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
+#                          [--sampler euler|unipc] [--window 17] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
 #                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
 #                          [--noise shuffled]  (later windows start from the first window's noise, reordered)
