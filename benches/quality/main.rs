@@ -200,7 +200,8 @@ async fn run(o: Options) -> anyhow::Result<()> {
             }
             let video = patchwork_scenes::mp4::decode_mp4(&bytes)?;
             let whole = evaluate(&video, prompt, (!seams.is_empty()).then_some(seams.as_slice()));
-            let pieces: Vec<Report> = (0..video.frames / WINDOW as usize)
+            // A video shorter than a piece is one piece.
+            let pieces: Vec<Report> = (0..(video.frames / WINDOW as usize).max(1))
                 .map(|k| evaluate(&frames(&video, k * WINDOW as usize, WINDOW as usize), prompt, None))
                 .collect();
             scores.push(score(&whole, &pieces));
