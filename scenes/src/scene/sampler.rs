@@ -8,9 +8,8 @@ use crate::palette::{BackgroundColour, Colour};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The clip length the training set uses; start positions leave room to move this long without
-/// reaching an edge, most of the time.
-const PLANNED_FRAMES: f64 = 17.0;
+/// The clip length the training set uses unless told otherwise ([`SceneSampler::planned_frames`]).
+const PLANNED_FRAMES: usize = 17;
 /// How often an object gets room for only [`MIN_RUN`] frames ahead, so that some clips show a bounce.
 const ANYWHERE: f64 = 0.15;
 /// Frames an object moves in its captioned direction before any bounce, so the caption's direction
@@ -32,11 +31,15 @@ pub struct SceneSampler {
     pub two_objects: f64,
     /// Probability that the background is two-tone rather than plain.
     pub two_tone: f64,
+    /// The clip length scenes are planned for: most objects start with room to move this long without
+    /// reaching an edge (where the frame is too small for that, they start at the wall they move away
+    /// from, for the longest run it has), and two objects' paths keep clear of each other this long.
+    pub planned_frames: usize,
 }
 
 impl SceneSampler {
     pub fn new(width: usize, height: usize) -> Self {
-        SceneSampler { width, height, two_objects: 0.2, two_tone: 0.3 }
+        SceneSampler { width, height, two_objects: 0.2, two_tone: 0.3, planned_frames: PLANNED_FRAMES }
     }
 
     /// The scene for `seed`: the same seed always gives the same scene.
@@ -68,7 +71,7 @@ impl SceneSampler {
             let shape = draw.pick(&Shape::ALL);
             let mut object = self.place(&mut draw, colour, shape);
             for _ in 1..PLACEMENT_TRIES {
-                if scene.objects.iter().all(|other| stays_clear(&scene, other, &object)) {
+                if scene.objects.iter().all(|other| stays_clear(&scene, other, &object, self.planned_frames)) {
                     break;
                 }
                 object = self.place(&mut draw, colour, shape);
@@ -78,14 +81,15 @@ impl SceneSampler {
         scene
     }
 
-    /// Size, motion and a start with room ahead to move for [`PLANNED_FRAMES`] (usually).
+    /// Size, motion and a start with room ahead to move for [`Self::planned_frames`] (usually).
     fn place(&self, draw: &mut Draw, colour: Colour, shape: Shape) -> SceneObject {
         let scale = scale_of(self.width, self.height);
         let size = scale * draw.range(SIZE_RANGE.0, SIZE_RANGE.1);
         let direction = draw.pick(&Direction::ALL);
         let speed = draw.pick(&Speed::ALL);
         let step = speed.reference_step() * scale;
-        let travel = step * if draw.chance(ANYWHERE) { MIN_RUN } else { PLANNED_FRAMES - 1.0 };
+        let planned = self.planned_frames.max(1) as f64 - 1.0;
+        let travel = step * if draw.chance(ANYWHERE) { MIN_RUN.min(planned) } else { planned };
         let extents = [self.width as f64, self.height as f64];
         let unit = direction.unit();
         let start = [0, 1].map(|axis| {
@@ -97,7 +101,12 @@ impl SceneSampler {
                 from = low + travel;
             }
             if from > to {
-                (from, to) = (low, high);
+                // No room for the whole run: start where the run is longest.
+                (from, to) = match unit[axis] {
+                    u if u > 0.0 => (low, low),
+                    u if u < 0.0 => (high, high),
+                    _ => (low, high),
+                };
             }
             draw.range(from, to)
         });
@@ -107,9 +116,9 @@ impl SceneSampler {
 
 /// Whether two objects' bounding boxes keep apart over the planned clip, so that neither hides
 /// the other: occlusion is hard for a tiny model to learn and blurs what the evaluator measures.
-fn stays_clear(scene: &Scene, a: &SceneObject, b: &SceneObject) -> bool {
+fn stays_clear(scene: &Scene, a: &SceneObject, b: &SceneObject, frames: usize) -> bool {
     let reach = (a.size + b.size) / 2.0 + CLEARANCE * scene.scale();
-    (0..PLANNED_FRAMES as usize).all(|frame| {
+    (0..frames).all(|frame| {
         let (ca, cb) = (scene.centre(a, frame as f64), scene.centre(b, frame as f64));
         (ca[0] - cb[0]).abs() >= reach || (ca[1] - cb[1]).abs() >= reach
     })
@@ -184,6 +193,35 @@ mod tests {
             }
         }
         assert!(bounced > 10 && bounced < 150, "{bounced} objects bounce within 17 frames");
+    }
+
+    #[test]
+    fn longer_planned_clips_give_room_for_the_whole_clip() {
+        let sampler = SceneSampler { planned_frames: 33, ..SceneSampler::new(64, 64) };
+        let (mut objects, mut bounced, mut cramped, mut long_runs, mut pairs, mut clear) = (0, 0, 0, 0, 0, 0);
+        for seed in 0..1000 {
+            let scene = sampler.sample(seed);
+            for object in &scene.objects {
+                objects += 1;
+                let run = (0..32).take_while(|&f| scene.heading(object, f as f64) == object.direction).count();
+                bounced += (run < 32) as usize;
+                // Where the frame has no room for 32 steps, the object starts at the wall behind it and
+                // crosses the whole frame before it turns (unless it drew one of the short runs).
+                let (room, step) = (64.0 - object.size, object.speed.reference_step());
+                if step * 32.0 > room {
+                    cramped += 1;
+                    long_runs += (run as f64 >= room / step - 1.0) as usize;
+                }
+            }
+            if let [a, b] = scene.objects[..] {
+                pairs += 1;
+                clear += stays_clear(&scene, &a, &b, 33) as usize;
+            }
+        }
+        // The short runs (0.15 of objects) and the quick objects the frame has no room for turn.
+        assert!(bounced > 150 && bounced < 600, "{bounced} of {objects} objects turn within 33 frames");
+        assert!(cramped > 100 && long_runs as f64 > 0.75 * cramped as f64, "{long_runs} of {cramped}");
+        assert!(pairs > 100 && clear as f64 > 0.9 * pairs as f64, "{clear} of {pairs} pairs keep clear");
     }
 
     #[test]

@@ -53,11 +53,14 @@ fn first_frame(k: usize) -> usize {
 }
 
 /// The caption forms of the dataset's first `count` clips (scene `i` drawn as the latents phase drew
-/// it), for a window at each latent frame a clip has room for: the scene as it stands at the window's
-/// first frame, so that a window after a bounce names the way the object then moves.
+/// it), for a window at each latent frame a clip has room for. A clip's first window has the scene's
+/// own caption, naming the way each object starts moving (as a prompt does, and as the evaluator reads
+/// it). A later window names each object the way it moves over most of the window's frames, so that a
+/// window after a bounce, or just before one, names the way the object is seen to move.
 pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<Vec<CaptionForms>> {
     let sampler = recipe.dataset_sampler();
-    let windows = latent_frames(recipe.clip_frames()) - latent_frames(recipe.frames) + 1;
+    let window = latent_frames(recipe.frames);
+    let windows = latent_frames(recipe.clip_frames()) - window + 1;
     let forms = |scene: &Scene| -> CaptionForms {
         let form = |speed, background| scene.caption_with(CaptionParts { speed, background });
         [form(true, true), form(false, true), form(true, false), form(false, false)]
@@ -65,7 +68,16 @@ pub fn caption_forms(recipe: &Recipe, count: usize) -> Vec<Vec<CaptionForms>> {
     (0..count)
         .map(|i| {
             let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
-            (0..windows).map(|k| if k == 0 { forms(&scene) } else { forms(&scene.at(first_frame(k))) }).collect()
+            let first = forms(&scene);
+            let later = (1..windows).map(|k| {
+                let (from, to) = (first_frame(k), FRAMES_PER_LATENT * (k + window - 1));
+                let mut seen = scene.at(from);
+                for (object, o) in seen.objects.iter_mut().zip(&scene.objects) {
+                    object.direction = scene.heading_over(o, from, to);
+                }
+                forms(&seen)
+            });
+            std::iter::once(first).chain(later).collect()
         })
         .collect()
 }
@@ -135,7 +147,16 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     let picks: Vec<u32> =
         draws(0).iter().map(|u| ((u * data.len() as f64) as usize).min(data.len() - 1) as u32).collect();
     let windows = data.latents.dim(2)? - data.window + 1;
-    let starts: Vec<usize> = draws(5).iter().map(|u| ((u * windows as f64) as usize).min(windows - 1)).collect();
+    // With `dit.first_window` a draw below it takes the clip's first window and the rest spread over the
+    // others; without it every start is alike.
+    let start = |u: f64| match r.first_window {
+        Some(p) if windows > 1 && u >= p => {
+            1 + (((u - p) / (1.0 - p) * (windows - 1) as f64) as usize).min(windows - 2)
+        }
+        Some(_) => 0,
+        None => ((u * windows as f64) as usize).min(windows - 1),
+    };
+    let starts: Vec<usize> = draws(5).into_iter().map(start).collect();
     let sigmas: Vec<f32> = draws(1).iter().map(|&u| (r.shift * u / (1.0 + (r.shift - 1.0) * u)) as f32).collect();
     // Each optional part is left out on a draw of its own; at a part dropout of 0 every caption is full
     // and the batch is what it was before part dropout existed.
@@ -248,6 +269,7 @@ pub fn loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use patchwork_scenes::Direction;
 
     #[test]
     fn part_dropout_leaves_out_speeds_and_backgrounds_apart() -> Result<()> {
@@ -327,10 +349,26 @@ mod tests {
             let scene = sampler.sample(data::seed_for(recipe.seed, Stream::DatasetClips, 0, i as u64));
             // 33 frames are 9 latent frames: windows of 5 start at latent frames 0 to 4, that is at video
             // frames 0, 1, 5, 9 and 13.
+            // The first window names the way the objects start moving; each later one the way they
+            // move over most of its 17 frames.
             assert_eq!(forms.len(), 5);
             assert_eq!(forms[0][0], scene.caption());
-            for (k, frame) in [(1, 1), (2, 5), (3, 9), (4, 13)] {
-                assert_eq!(forms[k][0], scene.at(frame).caption());
+            for (k, from) in [(1, 1), (2, 5), (3, 9), (4, 13)] {
+                let to = 16 + 4 * k;
+                let mut seen = scene.at(from);
+                for (object, o) in seen.objects.iter_mut().zip(&scene.objects) {
+                    let steps: Vec<Direction> = (from..to).map(|f| scene.heading(o, f as f64)).collect();
+                    let ahead = steps.iter().filter(|&&d| d == steps[0]).count();
+                    object.direction = if 2 * ahead >= steps.len() { steps[0] } else { steps[0].opposite() };
+                    let [a, b] = [from, to].map(|f| scene.centre(o, f as f64));
+                    let moved = [b[0] - a[0], b[1] - a[1]];
+                    let unit = object.direction.unit();
+                    // Net travel along the named way is never backwards by more than the step a bounce
+                    // splits (a tie names the way it starts).
+                    let slack = 1.5 * scene.scale();
+                    assert!(moved[0] * unit[0] + moved[1] * unit[1] >= -slack, "clip {i} window {k}: {o:?}");
+                }
+                assert_eq!(forms[k][0], seen.caption());
                 bounced += (forms[k][0] != forms[0][0]) as usize;
             }
         }
@@ -369,6 +407,21 @@ mod tests {
         }
         // Every start is drawn, about a fifth of the time each.
         assert!(starts.iter().all(|&n| (12..=40).contains(&n)), "{starts:?}");
+
+        // With a first-window share, half the draws start their clips and the rest spread over the others.
+        recipe.dit.first_window = Some(0.5);
+        let mut starts = [0usize; 5];
+        for step in 0..8 {
+            let b = batch(&recipe, &data, step, &device)?;
+            let sigma = (b.timesteps.clone() / 1000.0)?.reshape((32, 1, 1, 1, 1))?;
+            let x0 = (&b.noisy - b.target.broadcast_mul(&sigma)?)?;
+            let first: Vec<f32> = x0.narrow(1, 0, 1)?.narrow(2, 0, 1)?.flatten_from(1)?.mean(1)?.to_vec1()?;
+            for v in first {
+                starts[v.round() as usize % 100] += 1;
+            }
+        }
+        assert!((100..=156).contains(&starts[0]), "{starts:?}");
+        assert!(starts[1..].iter().all(|&n| n > 0), "{starts:?}");
         Ok(())
     }
 

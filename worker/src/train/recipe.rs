@@ -105,13 +105,22 @@ pub struct DitRecipe {
     pub clips: usize,
     /// The length the dataset's clips are rendered and encoded at (1 + 4k, at least `frames`); none:
     /// `frames`. Each step cuts a window of `frames` from each clip it draws, starting at a latent
-    /// frame drawn uniformly. The farm's later windows start mid-video, where the first latent frame
-    /// holds four frames and the causal encoder has seen what came before; a transformer that learned
-    /// only clips' starts has seen no such window. A window's caption is that of the scene as it
-    /// stands at the window's first frame: the directions then, which a bounce later in the window
-    /// turns round.
+    /// frame drawn uniformly (or as `first_window` says). The farm's later windows start mid-video,
+    /// where the first latent frame holds four frames and the causal encoder has seen what came
+    /// before; a transformer that learned only clips' starts has seen no such window. A clip's first
+    /// window has the scene's caption; a later window's names each object the way it moves over most
+    /// of the window's frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_frames: Option<usize>,
+    /// With `clip_frames`: the share of draws that take a clip's first window (the rest spread evenly
+    /// over the later ones); none: every start alike. A video's first window is the one the farm draws
+    /// from nothing, and the one whose objects the prompt's direction is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_window: Option<f64>,
+    /// The clip length the dataset's scenes are planned for (see the scene sampler: room to move and
+    /// paths kept clear this long); none: the sampler's own (17 frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_frames: Option<usize>,
     /// The share of the dataset's scenes that hold two objects; none: the scene sampler's own (0.2).
     /// Objects of two-object scenes are where the transformer binds words to the wrong object most, so a
     /// fine-tune can show it more of them.
@@ -237,6 +246,8 @@ impl Default for Recipe {
                 lr: 1.5e-3,
                 clips: 8000,
                 clip_frames: None,
+                first_window: None,
+                planned_frames: None,
                 two_objects: None,
                 caption_dropout: 0.1,
                 caption_part_dropout: 0.0,
@@ -313,6 +324,9 @@ impl Recipe {
         if let Some(p) = self.dit.two_objects {
             sampler.two_objects = p;
         }
+        if let Some(f) = self.dit.planned_frames {
+            sampler.planned_frames = f;
+        }
         sampler
     }
 
@@ -348,6 +362,17 @@ impl Recipe {
             return Err("dit.pixel_loss decodes each window's first frame, so it needs windows that start their \
                         clips: leave dit.clip_frames out"
                 .into());
+        }
+        if let Some(p) = self.dit.first_window {
+            if !(0.0..1.0).contains(&p) || self.clip_frames() == self.frames {
+                return Err(format!(
+                    "dit.first_window must be a probability in 0..1 and needs dit.clip_frames longer than \
+                     frames, got {p}"
+                ));
+            }
+        }
+        if self.dit.planned_frames == Some(0) {
+            return Err("dit.planned_frames must be at least 1".into());
         }
         if let Some(p) = self.dit.two_objects {
             if !(0.0..=1.0).contains(&p) {

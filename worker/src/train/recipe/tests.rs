@@ -87,8 +87,24 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
         serde_json::from_str(include_str!("../../../../models/recipes/finetune-windows.json")).unwrap();
     windows.validate().unwrap();
     assert!(windows.clip_frames() > windows.frames && windows.dit.steps > 0);
-    let same = Recipe { dit: DitRecipe { clips: tune.dit.clips, clip_frames: None, ..windows.dit.clone() }, ..windows };
+    let same = Recipe {
+        dit: DitRecipe { clips: tune.dit.clips, clip_frames: None, ..windows.dit.clone() },
+        ..windows.clone()
+    };
     assert_eq!(same, tune);
+
+    // The long windows' fine-tune is the windows' with scenes planned for the whole clip and half the
+    // draws taking a clip's first window.
+    let long_windows: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-long-windows.json")).unwrap();
+    long_windows.validate().unwrap();
+    assert_eq!(long_windows.dataset_sampler().planned_frames, long_windows.clip_frames());
+    assert_eq!(long_windows.dit.first_window, Some(0.5));
+    let same = Recipe {
+        dit: DitRecipe { first_window: None, planned_frames: None, ..long_windows.dit.clone() },
+        ..long_windows.clone()
+    };
+    assert_eq!(same, windows);
 
     // The pairs' fine-tune trains the transformer further on a dataset where half the scenes hold two
     // objects, and keeps the rest of the caption fine-tune's recipe.
@@ -146,6 +162,19 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
     bad.dit.clip_frames = Some(13);
     let err = bad.validate().unwrap_err();
     assert!(err.contains("dit.clip_frames") && err.contains("13"), "{err}");
+    let mut bad = default.clone();
+    bad.dit.first_window = Some(0.5);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.first_window") && err.contains("clip_frames"), "{err}");
+    bad.dit.clip_frames = Some(33);
+    bad.validate().unwrap();
+    bad.dit.first_window = Some(1.0);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.first_window") && err.contains('1'), "{err}");
+    bad.dit.first_window = None;
+    bad.dit.planned_frames = Some(0);
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("dit.planned_frames"), "{err}");
     let mut bad = default.clone();
     bad.dit.caption_part_dropout = 1.0;
     let err = bad.validate().unwrap_err();
