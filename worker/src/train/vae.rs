@@ -16,10 +16,10 @@
 //! drifts to 17 dB by frame 16, past what it was trained on.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use patchwork_scenes::{Scene, SceneSampler};
+use patchwork_scenes::{Colour, Scene, SceneSampler};
 
 use super::data::{self, Stream};
-use super::recipe::{ClipShape, Recipe};
+use super::recipe::{ClipShape, ColourContrast, Recipe};
 use crate::model::vae::WanVae;
 
 /// What one step reports.
@@ -29,6 +29,8 @@ pub struct VaeLoss {
     pub reconstruction: f64,
     /// Half the mean square of the latent.
     pub penalty: f64,
+    /// The colour contrast term, unweighted (0 when it is off).
+    pub contrast: f64,
 }
 
 /// One VAE step's clips and the loss weight of each of their pixels.
@@ -47,34 +49,88 @@ pub struct Draw<'a> {
     pub object_weight: f64,
     /// The clip shapes, cycled step by step.
     pub clips: &'a [ClipShape],
+    /// Clips in threes for the colour contrast term (see [`ColourContrast`]): a scene, the scene with its
+    /// first object recoloured, the scene without that object.
+    pub threes: bool,
 }
 
 impl<'a> Draw<'a> {
     pub fn vae(recipe: &'a Recipe) -> Self {
-        Draw { stream: Stream::VaeClips, object_weight: recipe.vae.object_weight, clips: &recipe.vae.clips }
+        Draw {
+            stream: Stream::VaeClips,
+            object_weight: recipe.vae.object_weight,
+            clips: &recipe.vae.clips,
+            threes: !recipe.vae.colour_contrast.is_off(),
+        }
     }
 
     pub fn decoder(recipe: &'a Recipe) -> Self {
         let d = &recipe.vae.decoder;
         let clips = if d.clips.is_empty() { &recipe.vae.clips } else { &d.clips };
-        Draw { stream: Stream::DecoderClips, object_weight: d.object_weight, clips }
+        Draw { stream: Stream::DecoderClips, object_weight: d.object_weight, clips, threes: false }
     }
 }
 
-/// The clips of step `step` of `draw`, shaped by the recipe's clip shape for that step.
-pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> Result<Batch> {
+/// The object colours nearest `colour` (the first object's) in RGB, nearest first, that stand out on
+/// `scene`'s background and differ from the colours of its objects after the first.
+fn neighbours(scene: &Scene, colour: Colour) -> Vec<Colour> {
+    let distance =
+        |c: Colour| c.rgb().iter().zip(colour.rgb()).map(|(&a, b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
+    let mut others: Vec<Colour> = Colour::ALL
+        .into_iter()
+        .filter(|&c| c != colour)
+        .filter(|&c| scene.background.colours().iter().all(|&bg| c.stands_out_on(bg)))
+        .filter(|&c| scene.objects.iter().skip(1).all(|o| o.colour != c))
+        .collect();
+    others.sort_by(|&a, &b| distance(a).total_cmp(&distance(b)));
+    others
+}
+
+/// The scenes of a step's clips: one scene per clip, or in threes for the colour contrast term.
+fn scenes(recipe: &Recipe, draw: Draw<'_>, step: usize) -> Vec<Scene> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
+    let scene = |i: usize| sampler.sample(data::seed_for(recipe.seed, draw.stream, step as u64, i as u64));
+    if !draw.threes {
+        return (0..recipe.vae.batch).map(scene).collect();
+    }
+    let groups = recipe.vae.batch / 3;
+    let picks = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX - 2), groups);
+    (0..groups)
+        .flat_map(|g| {
+            let scene = scene(g);
+            let mut recoloured = scene.clone();
+            let mut without = scene.clone();
+            if let Some(first) = scene.objects.first() {
+                let near = neighbours(&scene, first.colour);
+                let near = &near[..near.len().min(3)];
+                if !near.is_empty() {
+                    recoloured.objects[0].colour = near[(picks[g] * near.len() as f64) as usize];
+                }
+                without.objects.remove(0);
+            }
+            [scene, recoloured, without]
+        })
+        .collect()
+}
+
+/// The clips of step `step` of `draw`, shaped by the recipe's clip shape for that step. The clips of a
+/// three share their crop.
+pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> Result<Batch> {
     let v = &recipe.vae;
     let object_weight = draw.object_weight;
     let shape = draw.clips[step % draw.clips.len().max(1)];
     let (f, h, w) = (shape.frames, recipe.height, recipe.width);
+    let group = if draw.threes { 3 } else { 1 };
+    let scenes = scenes(recipe, draw, step);
     let mut videos = Vec::with_capacity(v.batch);
     let mut weight = Vec::with_capacity(v.batch * f * h * w);
-    // Where each clip's first object is at the middle frame, for crops placed around it.
-    let mut centres = Vec::with_capacity(v.batch);
-    for i in 0..v.batch {
-        let scene = sampler.sample(data::seed_for(recipe.seed, draw.stream, step as u64, i as u64));
-        centres.push(scene.objects.first().map(|o| scene.centre(o, (f - 1) as f64 / 2.0)));
+    // Where each group's first object is at the middle frame, for crops placed around it.
+    let centres: Vec<Option<[f64; 2]>> = scenes
+        .iter()
+        .step_by(group)
+        .map(|scene| scene.objects.first().map(|o| scene.centre(o, (f - 1) as f64 / 2.0)))
+        .collect();
+    for scene in scenes {
         let video = scene.render(f);
         if object_weight == 1.0 {
             weight.resize(weight.len() + f * h * w, 1f32);
@@ -101,12 +157,13 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
     // One crop position per clip, on the latent grid (multiples of 8) so that crops line up with the
     // encoder's downsampling as whole frames do.
     let grid = |len: usize| (len - crop) / 8 + 1;
-    let picks = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX), 2 * v.batch);
-    let mut corners: Vec<[usize; 2]> = (0..v.batch)
+    let groups = centres.len();
+    let picks = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX), 2 * groups);
+    let mut corners: Vec<[usize; 2]> = (0..groups)
         .map(|i| [(picks[2 * i] * grid(h) as f64) as usize * 8, (picks[2 * i + 1] * grid(w) as f64) as usize * 8])
         .collect();
     if v.object_crops > 0.0 {
-        let around = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX - 1), 3 * v.batch);
+        let around = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX - 1), 3 * groups);
         for (i, corner) in corners.iter_mut().enumerate() {
             let Some([cx, cy]) = centres[i] else { continue };
             if around[3 * i] >= v.object_crops {
@@ -124,7 +181,7 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
     let cut = |t: &Tensor| -> Result<Tensor> {
         let crops = (0..v.batch)
             .map(|i| {
-                let [y, x0] = corners[i];
+                let [y, x0] = corners[i / group];
                 t.narrow(0, i, 1)?.narrow(3, y, crop)?.narrow(4, x0, crop)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -133,18 +190,63 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
     Ok(Batch { x: cut(&x)?, weight: cut(&weight)? })
 }
 
-/// The loss of `vae` on a batch: the weighted reconstruction error of the encoder's mean (below) plus the
-/// latent penalty.
-pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64) -> Result<(Tensor, VaeLoss)> {
+/// The loss of `vae` on a batch: the weighted reconstruction error of the encoder's mean (below), the
+/// latent penalty and, when it is on, the colour contrast term (the batch then in threes).
+pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64, contrast: &ColourContrast) -> Result<(Tensor, VaeLoss)> {
     let moments = vae.encode_moments(&batch.x).map_err(candle_core::Error::wrap)?;
     let mean = moments.narrow(1, 0, moments.dim(1)? / 2)?;
     let y = vae.decode(&mean).map_err(candle_core::Error::wrap)?;
     let reconstruction = reconstruction_error(&y, batch)?;
     let penalty = (mean.sqr()?.mean_all()? * 0.5)?;
-    let total = (&reconstruction + (&penalty * latent_penalty)?)?;
-    let report =
-        VaeLoss { total: scalar(&total)?, reconstruction: scalar(&reconstruction)?, penalty: scalar(&penalty)? };
+    let mut total = (&reconstruction + (&penalty * latent_penalty)?)?;
+    let mut contrast_value = 0.0;
+    if !contrast.is_off() {
+        if let Some(term) = contrast_term(&mean, &batch.x, contrast.margin)? {
+            contrast_value = scalar(&term)?;
+            total = (total + (term * contrast.weight)?)?;
+        }
+    }
+    let report = VaeLoss {
+        total: scalar(&total)?,
+        reconstruction: scalar(&reconstruction)?,
+        penalty: scalar(&penalty)?,
+        contrast: contrast_value,
+    };
     Ok((total, report))
+}
+
+/// The squared distance of clips whose object's signal in pixels (`‖x − x∅‖²`, on [-1, 1] values) is
+/// below this carries too little of the object for the contrast term (a crop that missed it).
+const MIN_OBJECT_SIGNAL: f64 = 4.0;
+
+/// The colour contrast term of a batch in threes (see [`ColourContrast`]) from the encoder's mean
+/// `[B, z, F, h, w]` and the clips `[B, 3, F, H, W]`: the mean over the threes that show their object
+/// of `max(0, margin · pixel ratio − latent ratio)²`; none if no three does.
+pub fn contrast_term(mean: &Tensor, x: &Tensor, margin: f64) -> Result<Option<Tensor>> {
+    let groups = mean.dim(0)? / 3;
+    // The three distances within each three, [groups] each: (clip, recoloured), (clip, without),
+    // (recoloured, without).
+    let distances = |t: &Tensor| -> Result<[Tensor; 3]> {
+        let t = t.contiguous()?.reshape((groups, 3, ()))?;
+        let d = |i: usize, j: usize| -> Result<Tensor> {
+            ((t.narrow(1, i, 1)? - t.narrow(1, j, 1)?)?.sqr()?.sum(2)?.squeeze(1)? + 1e-12)?.sqrt()
+        };
+        Ok([d(0, 1)?, d(0, 2)?, d(1, 2)?])
+    };
+    // The object's signal only scales the ratio: the term moves the two colours apart rather than
+    // shrinking the object, and a small signal early in training cannot send it off.
+    let ratio = |[apart, a, b]: [Tensor; 3]| -> Result<Tensor> { apart / ((a + b)? * 0.5)?.detach() };
+    let pixels = distances(x)?;
+    let signal: Vec<f32> = pixels[1].to_vec1()?;
+    let pixel_ratio = ratio(pixels)?.detach();
+    let shown: Vec<f32> = signal.iter().map(|&s| ((s as f64).powi(2) >= MIN_OBJECT_SIGNAL) as u8 as f32).collect();
+    let count: f32 = shown.iter().sum();
+    if count == 0.0 {
+        return Ok(None);
+    }
+    let shown = Tensor::from_vec(shown, groups, mean.device())?;
+    let shortfall = ((pixel_ratio * margin)? - ratio(distances(mean)?)?)?.relu()?;
+    Ok(Some(((shortfall.sqr()? * shown)?.sum_all()? / count as f64)?))
 }
 
 /// The decoder phase's loss: the weighted reconstruction error of `trained`'s decoder from `frozen`'s
@@ -258,6 +360,7 @@ pub fn reconstruction_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::recipe::VaeRecipe;
 
     /// Object pixels at the middle frame of every crop of a step, counted through the loss weights.
     fn object_pixels(recipe: &Recipe, step: usize) -> Vec<usize> {
@@ -308,5 +411,88 @@ mod tests {
         // The VAE phase keeps its own.
         let c = recipe.vae.clips[1];
         assert_eq!(dims(&recipe, false, 1), (c.frames, c.crop, c.crop));
+    }
+
+    #[test]
+    fn threes_show_a_scene_recoloured_and_without_its_object_at_one_crop() {
+        let mut recipe = Recipe::default();
+        recipe.vae.batch = 6;
+        recipe.vae.object_crops = 1.0;
+        recipe.vae.clips = vec![ClipShape { frames: 9, crop: 24 }];
+        recipe.vae.colour_contrast = ColourContrast { weight: 1.0, margin: 1.0 };
+        for step in 0..6 {
+            let b = batch(&recipe, Draw::vae(&recipe), step, &Device::Cpu).unwrap();
+            assert_eq!(b.x.dims5().unwrap(), (6, 3, 9, 24, 24));
+            // Per pixel of each three: whether the clip differs from its object-less copy, and whether
+            // the recoloured one does; the same pixels, since only the colour changed.
+            let pixels = |i: usize| b.x.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for g in 0..2 {
+                let [clip, recoloured, without] = [pixels(3 * g), pixels(3 * g + 1), pixels(3 * g + 2)];
+                let object: Vec<bool> = clip.iter().zip(&without).map(|(a, b)| a != b).collect();
+                let moved: Vec<bool> = clip.iter().zip(&recoloured).map(|(a, b)| a != b).collect();
+                assert!(object.iter().filter(|&&o| o).count() > 100, "step {step}: the crop shows the object");
+                assert!(moved.iter().zip(&object).all(|(&m, &o)| !m || o), "only object pixels change colour");
+                assert!(moved.iter().filter(|&&m| m).count() > 50, "the recoloured object has another colour");
+            }
+        }
+        // The crops and scenes of the clips without threes are what they were: the first clip of a three
+        // is the first clip of the plain batch.
+        let plain = Recipe {
+            vae: VaeRecipe { colour_contrast: ColourContrast::default(), ..recipe.vae.clone() },
+            ..recipe.clone()
+        };
+        let a = batch(&plain, Draw::vae(&plain), 3, &Device::Cpu).unwrap().x.get(0).unwrap();
+        let b = batch(&recipe, Draw::vae(&recipe), 3, &Device::Cpu).unwrap().x.get(0).unwrap();
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_recoloured_object_takes_one_of_the_three_nearest_colours() {
+        let sampler = SceneSampler::new(64, 64);
+        for seed in 0..20 {
+            let scene = sampler.sample(seed);
+            let colour = scene.objects[0].colour;
+            let near = neighbours(&scene, colour);
+            assert!(!near.contains(&colour) && near.len() >= 3, "{near:?}");
+            let d =
+                |c: Colour| c.rgb().iter().zip(colour.rgb()).map(|(&a, b)| (a as i32 - b as i32).pow(2)).sum::<i32>();
+            assert!(near.windows(2).all(|w| d(w[0]) <= d(w[1])), "nearest first: {near:?}");
+        }
+        // Yellow's nearest are orange first; the farthest (blue) is not among its three.
+        let mut scene = sampler.sample(1);
+        scene.objects.truncate(1);
+        scene.objects[0].colour = Colour::Yellow;
+        let near = neighbours(&scene, Colour::Yellow);
+        assert_eq!(near[0], Colour::Orange);
+        assert!(!near[..3].contains(&Colour::Blue));
+    }
+
+    #[test]
+    fn the_contrast_term_costs_a_latent_that_holds_colours_closer_than_the_pixels_do() {
+        let dev = Device::Cpu;
+        // One three of 4-value "clips": the object differs from the background by 2 (clip) and 2
+        // (recoloured); the colours by 1: a pixel ratio of 0.5.
+        let x = Tensor::new(&[[2f32, 0., 0., 0.], [1.75, 0.968_246, 0., 0.], [0., 0., 0., 0.]], &dev).unwrap();
+        let latent = |apart: f32| Tensor::new(&[[1f32, 0.], [1., apart], [0., 0.]], &dev).unwrap();
+        let term = |apart: f32, margin: f64| {
+            contrast_term(&latent(apart), &x, margin).unwrap().unwrap().to_scalar::<f32>().unwrap() as f64
+        };
+        // Latent ratio 0.2 / ~1.01 against a target of 0.5: a shortfall of about 0.3.
+        let t = term(0.2, 1.0);
+        assert!((t.sqrt() - (0.5 - 0.2 / 1.009_902)).abs() < 1e-3, "{t}");
+        // Far enough apart, or a lower margin: no cost.
+        assert_eq!(term(0.6, 1.0), 0.0);
+        assert_eq!(term(0.2, 0.3), 0.0);
+        // A three whose crop misses the object (clips alike) has no term.
+        let flat = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+        assert!(contrast_term(&latent(0.2), &flat, 1.0).unwrap().is_none());
+        // Its gradient pushes the two colours' latents apart.
+        let var = candle_core::Var::from_tensor(&latent(0.2)).unwrap();
+        let grads = contrast_term(var.as_tensor(), &x, 1.0).unwrap().unwrap().backward().unwrap();
+        let g = grads.get(&var).unwrap().to_vec2::<f32>().unwrap();
+        assert!(g[1][1] < 0.0, "descending raises the recoloured latent's distance: {g:?}");
     }
 }

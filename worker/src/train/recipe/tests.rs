@@ -226,3 +226,41 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
     let err = bad.validate().unwrap_err();
     assert!(err.contains("vae.decoder.clips[1].crop") && err.contains("12"), "{err}");
 }
+
+#[test]
+fn the_colour_contrast_fine_tune_is_the_caption_fine_tune_with_a_vae_phase_and_checks_its_fields() {
+    let tune: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-captions.json")).unwrap();
+    let contrast: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-colour-contrast.json")).unwrap();
+    contrast.validate().unwrap();
+    let c = &contrast.vae.colour_contrast;
+    assert!(c.weight > 0.0 && c.margin > 0.0);
+    // The shipped model's VAE trained on with the term, then its transformer on the new latents.
+    assert!(contrast.vae.steps > 0 && contrast.vae.lr < tune.vae.lr && contrast.vae.decoder.steps == 0);
+    let same = Recipe {
+        vae: VaeRecipe {
+            steps: 0,
+            lr: tune.vae.lr,
+            colour_contrast: ColourContrast::default(),
+            ..contrast.vae.clone()
+        },
+        dit: DitRecipe { lr: tune.dit.lr, clips: tune.dit.clips, ..contrast.dit.clone() },
+        ..contrast.clone()
+    };
+    assert_eq!(same, tune);
+    // Off, the term stays out of a recipe's JSON, so the other recipes read as before.
+    assert!(!serde_json::to_string(&tune).unwrap().contains("colour_contrast"));
+
+    let mut bad = contrast.clone();
+    bad.vae.batch = 4;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.batch") && err.contains("colour_contrast") && err.contains('4'), "{err}");
+    let mut bad = contrast.clone();
+    bad.vae.colour_contrast.margin = 0.0;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.colour_contrast.margin"), "{err}");
+    let mut bad = contrast;
+    bad.vae.colour_contrast.weight = -1.0;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.colour_contrast.weight") && err.contains("-1"), "{err}");
+}
