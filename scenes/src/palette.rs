@@ -82,6 +82,11 @@ impl Colour {
         }
     }
 
+    /// The squared RGB distance to another object colour.
+    pub fn squared_distance_to(self, other: Colour) -> u32 {
+        squared_distance(self.rgb(), other.rgb())
+    }
+
     /// Whether an object of this colour is allowed on this background colour (see [`MIN_CONTRAST`]).
     pub fn stands_out_on(self, background: BackgroundColour) -> bool {
         squared_distance(self.rgb(), background.rgb()) >= MIN_CONTRAST * MIN_CONTRAST

@@ -74,15 +74,13 @@ impl<'a> Draw<'a> {
 /// The object colours nearest `colour` (the first object's) in RGB, nearest first, that stand out on
 /// `scene`'s background and differ from the colours of its objects after the first.
 fn neighbours(scene: &Scene, colour: Colour) -> Vec<Colour> {
-    let distance =
-        |c: Colour| c.rgb().iter().zip(colour.rgb()).map(|(&a, b)| (a as f64 - b as f64).powi(2)).sum::<f64>();
     let mut others: Vec<Colour> = Colour::ALL
         .into_iter()
         .filter(|&c| c != colour)
         .filter(|&c| scene.background.colours().iter().all(|&bg| c.stands_out_on(bg)))
         .filter(|&c| scene.objects.iter().skip(1).all(|o| o.colour != c))
         .collect();
-    others.sort_by(|&a, &b| distance(a).total_cmp(&distance(b)));
+    others.sort_by_key(|&c| colour.squared_distance_to(c));
     others
 }
 
@@ -215,9 +213,9 @@ pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64, contrast: &ColourC
     Ok((total, report))
 }
 
-/// The squared distance of clips whose object's signal in pixels (`‖x − x∅‖²`, on [-1, 1] values) is
-/// below this carries too little of the object for the contrast term (a crop that missed it).
-const MIN_OBJECT_SIGNAL: f64 = 4.0;
+/// A three whose object's signal in pixels (`‖x − x∅‖`, on [-1, 1] values) is below this shows too
+/// little of the object for the contrast term (a crop that missed it).
+const MIN_OBJECT_SIGNAL: f32 = 2.0;
 
 /// The colour contrast term of a batch in threes (see [`ColourContrast`]) from the encoder's mean
 /// `[B, z, F, h, w]` and the clips `[B, 3, F, H, W]`: the mean over the threes that show their object
@@ -239,7 +237,7 @@ pub fn contrast_term(mean: &Tensor, x: &Tensor, margin: f64) -> Result<Option<Te
     let pixels = distances(x)?;
     let signal: Vec<f32> = pixels[1].to_vec1()?;
     let pixel_ratio = ratio(pixels)?.detach();
-    let shown: Vec<f32> = signal.iter().map(|&s| ((s as f64).powi(2) >= MIN_OBJECT_SIGNAL) as u8 as f32).collect();
+    let shown: Vec<f32> = signal.iter().map(|&s| (s >= MIN_OBJECT_SIGNAL) as u8 as f32).collect();
     let count: f32 = shown.iter().sum();
     if count == 0.0 {
         return Ok(None);
@@ -423,8 +421,8 @@ mod tests {
         for step in 0..6 {
             let b = batch(&recipe, Draw::vae(&recipe), step, &Device::Cpu).unwrap();
             assert_eq!(b.x.dims5().unwrap(), (6, 3, 9, 24, 24));
-            // Per pixel of each three: whether the clip differs from its object-less copy, and whether
-            // the recoloured one does; the same pixels, since only the colour changed.
+            // Per pixel of each three: whether the clip differs from its object-less copy (the object),
+            // and whether it differs from the recoloured one (only ever on the object).
             let pixels = |i: usize| b.x.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for g in 0..2 {
                 let [clip, recoloured, without] = [pixels(3 * g), pixels(3 * g + 1), pixels(3 * g + 2)];
