@@ -228,7 +228,7 @@ fn first_frames(recipe: &Recipe, clips: &[u32], device: &Device) -> Result<vae::
         frames.push(frame);
     }
     let weight = Tensor::from_vec(weight, (clips.len(), 1, 1, recipe.height, recipe.width), device)?;
-    Ok(vae::Batch { x: data::video_batch(&frames, device)?, weight })
+    Ok(vae::Batch { x: data::video_batch(&frames, device)?, weight, colour_threes: 0, shape_threes: 0 })
 }
 
 /// The mean squared error of the predicted velocity, weighted by the batch's weights (normalised by

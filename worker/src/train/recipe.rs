@@ -50,30 +50,35 @@ pub struct VaeRecipe {
     #[serde(default)]
     pub decoder: DecoderRecipe,
     /// A term that holds colours apart in the latent; off unless its weight is positive.
-    #[serde(default, skip_serializing_if = "ColourContrast::is_off")]
-    pub colour_contrast: ColourContrast,
+    #[serde(default, skip_serializing_if = "Contrast::is_off")]
+    pub colour_contrast: Contrast,
+    /// Its counterpart for shapes: the second clip of a three reshapes the object instead of recolouring
+    /// it. With both on, a step's threes are split between the two (alternating when there is one).
+    #[serde(default, skip_serializing_if = "Contrast::is_off")]
+    pub shape_contrast: Contrast,
 }
 
-/// The VAE phase's colour contrast term. A reconstruction loss lets the encoder put neighbouring hues
-/// (yellow and orange, cyan and blue) close together in the latent as long as the decoder can still
-/// tell them apart, and the transformer's squared error on that latent then barely sees the difference.
-/// With the term on, the batch's clips come in threes: a scene, the same scene with its first object
-/// recoloured to one of the three colours nearest its own, and the scene without that object, all cut
-/// at the same place. For each three the term compares how far apart the two colours lie against the
-/// object's own signal, in the latent (`‖z − z′‖` over the mean of `‖z − z∅‖` and `‖z′ − z∅‖`, on the
-/// encoder's mean) and in pixels (the same ratio of the clips), and costs
+/// A VAE phase contrast term, for colour or for shape. A reconstruction loss lets the encoder put
+/// neighbouring hues (yellow and orange, cyan and blue) close together in the latent as long as the
+/// decoder can still tell them apart, and the transformer's squared error on that latent then barely sees
+/// the difference; the same goes for a circle and a square, which differ at their corners. With a term
+/// on, the batch's clips come in threes: a scene, the same scene with its first object recoloured to one
+/// of the three colours nearest its own (or, for shape, redrawn as another shape), and the scene without
+/// that object, all cut at the same place. For each three the term compares how far apart the two
+/// objects lie against the object's own signal, in the latent (`‖z − z′‖` over the mean of `‖z − z∅‖`
+/// and `‖z′ − z∅‖`, on the encoder's mean) and in pixels (the same ratio of the clips), and costs
 /// `max(0, margin · pixel ratio − latent ratio)²`: the latent must keep at least `margin` of the
 /// distance the pixels have. The latent ratio's denominator counts as a constant, so the term moves the
-/// colours apart rather than shrink the object; it does not hold the latent's overall scale (the latent
+/// two apart rather than shrink the object; it does not hold the latent's overall scale (the latent
 /// statistics the export records do).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ColourContrast {
+pub struct Contrast {
     /// The term's weight against the reconstruction loss.
     pub weight: f64,
     pub margin: f64,
 }
 
-impl ColourContrast {
+impl Contrast {
     pub fn is_off(&self) -> bool {
         self.weight == 0.0
     }
@@ -263,7 +268,8 @@ impl Default for Recipe {
                     clips: Vec::new(),
                     base_dim: None,
                 },
-                colour_contrast: ColourContrast::default(),
+                colour_contrast: Contrast::default(),
+                shape_contrast: Contrast::default(),
             },
             dit: DitRecipe {
                 heads: 6,
@@ -427,19 +433,21 @@ impl Recipe {
         if d.base_dim == Some(0) {
             return Err("vae.decoder.base_dim must be positive".into());
         }
-        let c = &self.vae.colour_contrast;
-        if !(c.weight >= 0.0 && c.weight.is_finite()) {
-            return Err(format!("vae.colour_contrast.weight must be at least 0, got {}", c.weight));
-        }
-        let margin_ok = c.margin > 0.0 && c.margin.is_finite();
-        if !c.is_off() && !margin_ok {
-            return Err(format!("vae.colour_contrast.margin must be positive, got {}", c.margin));
-        }
-        if !c.is_off() && !self.vae.batch.is_multiple_of(3) {
-            return Err(format!(
-                "vae.batch must be a multiple of 3 with vae.colour_contrast (its clips come in threes), got {}",
-                self.vae.batch
-            ));
+        for (field, c) in [("colour_contrast", &self.vae.colour_contrast), ("shape_contrast", &self.vae.shape_contrast)]
+        {
+            if !(c.weight >= 0.0 && c.weight.is_finite()) {
+                return Err(format!("vae.{field}.weight must be at least 0, got {}", c.weight));
+            }
+            let margin_ok = c.margin > 0.0 && c.margin.is_finite();
+            if !c.is_off() && !margin_ok {
+                return Err(format!("vae.{field}.margin must be positive, got {}", c.margin));
+            }
+            if !c.is_off() && !self.vae.batch.is_multiple_of(3) {
+                return Err(format!(
+                    "vae.batch must be a multiple of 3 with vae.{field} (its clips come in threes), got {}",
+                    self.vae.batch
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.vae.object_crops) {
             return Err(format!("vae.object_crops must be in [0, 1], got {}", self.vae.object_crops));

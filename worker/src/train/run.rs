@@ -196,17 +196,18 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn Progress) -> Result<Summary, 
         while state.step < r.vae.steps && budget > 0 {
             let started = Instant::now();
             let batch = vae::batch(&r, vae::Draw::vae(&r), state.step, &device)?;
-            let (loss, report) = vae::loss(&vae_model, &batch, r.vae.latent_penalty, &r.vae.colour_contrast)?;
+            let contrasts = [&r.vae.colour_contrast, &r.vae.shape_contrast];
+            let (loss, report) = vae::loss(&vae_model, &batch, r.vae.latent_penalty, contrasts)?;
             opt.step(&loss.backward()?, lr_at(r.vae.lr, state.step, r.vae.steps))?;
             state.step += 1;
             budget -= 1;
             state.seconds += started.elapsed().as_secs_f64();
             progress.advance(state.step, Some(report.total));
             log(&mut state, Phase::Vae, report.total, cfg.checkpoint_every);
-            if !r.vae.colour_contrast.is_off() && state.step.is_multiple_of(cfg.checkpoint_every.max(1)) {
+            if contrasts.iter().any(|c| !c.is_off()) && state.step.is_multiple_of(cfg.checkpoint_every.max(1)) {
                 progress.note(&format!(
-                    "VAE step {}: reconstruction {:.4}, colour contrast {:.4}",
-                    state.step, report.reconstruction, report.contrast
+                    "VAE step {}: reconstruction {:.4}, colour contrast {:.4}, shape contrast {:.4}",
+                    state.step, report.reconstruction, report.colour_contrast, report.shape_contrast
                 ));
             }
             if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || state.step == r.vae.steps {

@@ -16,10 +16,10 @@
 //! drifts to 17 dB by frame 16, past what it was trained on.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use patchwork_scenes::{Colour, Scene, SceneSampler};
+use patchwork_scenes::{Colour, Scene, SceneSampler, Shape};
 
 use super::data::{self, Stream};
-use super::recipe::{ClipShape, ColourContrast, Recipe};
+use super::recipe::{ClipShape, Contrast, Recipe};
 use crate::model::vae::WanVae;
 
 /// What one step reports.
@@ -29,8 +29,9 @@ pub struct VaeLoss {
     pub reconstruction: f64,
     /// Half the mean square of the latent.
     pub penalty: f64,
-    /// The colour contrast term, unweighted (0 when it is off).
-    pub contrast: f64,
+    /// The colour and shape contrast terms, unweighted (0 when off or when the step has no such three).
+    pub colour_contrast: f64,
+    pub shape_contrast: f64,
 }
 
 /// One VAE step's clips and the loss weight of each of their pixels.
@@ -40,6 +41,10 @@ pub struct Batch {
     /// `[batch, 1, frames, crop, crop]`: the recipe's `object_weight` where an object covers the pixel
     /// (wholly or at its anti-aliased edge), 1 on the background.
     pub weight: Tensor,
+    /// The clips come in threes for the contrast terms (see [`Contrast`]): this many recolouring threes
+    /// first, then this many reshaping ones; both 0 for a plain batch.
+    pub colour_threes: usize,
+    pub shape_threes: usize,
 }
 
 /// Which clips a step draws, and how much their objects weigh: the VAE phase's or the decoder phase's.
@@ -49,8 +54,8 @@ pub struct Draw<'a> {
     pub object_weight: f64,
     /// The clip shapes, cycled step by step.
     pub clips: &'a [ClipShape],
-    /// Clips in threes for the colour contrast term (see [`ColourContrast`]): a scene, the scene with its
-    /// first object recoloured, the scene without that object.
+    /// Clips in threes for the contrast terms (see [`Contrast`]): a scene, the scene with its first object
+    /// recoloured or reshaped, the scene without that object.
     pub threes: bool,
 }
 
@@ -60,7 +65,7 @@ impl<'a> Draw<'a> {
             stream: Stream::VaeClips,
             object_weight: recipe.vae.object_weight,
             clips: &recipe.vae.clips,
-            threes: !recipe.vae.colour_contrast.is_off(),
+            threes: !(recipe.vae.colour_contrast.is_off() && recipe.vae.shape_contrast.is_off()),
         }
     }
 
@@ -84,7 +89,28 @@ fn neighbours(scene: &Scene, colour: Colour) -> Vec<Colour> {
     others
 }
 
-/// The scenes of a step's clips: one scene per clip, or in threes for the colour contrast term.
+/// The shapes `scene`'s first object could take instead of its own without matching another object.
+fn other_shapes(scene: &Scene) -> Vec<Shape> {
+    let first = &scene.objects[0];
+    Shape::ALL
+        .into_iter()
+        .filter(|&s| s != first.shape)
+        .filter(|&s| scene.objects.iter().skip(1).all(|o| (o.shape, o.colour) != (s, first.colour)))
+        .collect()
+}
+
+/// How many of a step's `groups` threes recolour (the rest reshape): all of them or none when one term
+/// is on; with both, half each, the odd one alternating from step to step.
+fn colour_threes(recipe: &Recipe, step: usize, groups: usize) -> usize {
+    match (recipe.vae.colour_contrast.is_off(), recipe.vae.shape_contrast.is_off()) {
+        (false, true) => groups,
+        (true, false) => 0,
+        _ => (groups + step.is_multiple_of(2) as usize) / 2,
+    }
+}
+
+/// The scenes of a step's clips: one scene per clip, or in threes for the contrast terms (the
+/// recolouring threes first).
 fn scenes(recipe: &Recipe, draw: Draw<'_>, step: usize) -> Vec<Scene> {
     let sampler = SceneSampler::new(recipe.width, recipe.height);
     let scene = |i: usize| sampler.sample(data::seed_for(recipe.seed, draw.stream, step as u64, i as u64));
@@ -93,20 +119,29 @@ fn scenes(recipe: &Recipe, draw: Draw<'_>, step: usize) -> Vec<Scene> {
     }
     let groups = recipe.vae.batch / 3;
     let picks = data::uniforms(data::seed_for(recipe.seed, draw.stream, step as u64, u64::MAX - 2), groups);
+    let recolour = colour_threes(recipe, step, groups);
     (0..groups)
         .flat_map(|g| {
             let scene = scene(g);
-            let mut recoloured = scene.clone();
+            let mut altered = scene.clone();
             let mut without = scene.clone();
             if let Some(first) = scene.objects.first() {
-                let near = neighbours(&scene, first.colour);
-                let near = &near[..near.len().min(3)];
-                if !near.is_empty() {
-                    recoloured.objects[0].colour = near[(picks[g] * near.len() as f64) as usize];
+                let pick = |n: usize| (picks[g] * n as f64) as usize;
+                if g < recolour {
+                    let near = neighbours(&scene, first.colour);
+                    let near = &near[..near.len().min(3)];
+                    if !near.is_empty() {
+                        altered.objects[0].colour = near[pick(near.len())];
+                    }
+                } else {
+                    let shapes = other_shapes(&scene);
+                    if !shapes.is_empty() {
+                        altered.objects[0].shape = shapes[pick(shapes.len())];
+                    }
                 }
                 without.objects.remove(0);
             }
-            [scene, recoloured, without]
+            [scene, altered, without]
         })
         .collect()
 }
@@ -119,6 +154,13 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
     let shape = draw.clips[step % draw.clips.len().max(1)];
     let (f, h, w) = (shape.frames, recipe.height, recipe.width);
     let group = if draw.threes { 3 } else { 1 };
+    let (colour_threes, shape_threes) = match draw.threes {
+        true => {
+            let c = colour_threes(recipe, step, v.batch / 3);
+            (c, v.batch / 3 - c)
+        }
+        false => (0, 0),
+    };
     let scenes = scenes(recipe, draw, step);
     let mut videos = Vec::with_capacity(v.batch);
     let mut weight = Vec::with_capacity(v.batch * f * h * w);
@@ -150,7 +192,7 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
     let weight = Tensor::from_vec(weight, (v.batch, 1, f, h, w), device)?;
     let crop = shape.crop.min(w).min(h);
     if crop == w && crop == h {
-        return Ok(Batch { x, weight });
+        return Ok(Batch { x, weight, colour_threes, shape_threes });
     }
     // One crop position per clip, on the latent grid (multiples of 8) so that crops line up with the
     // encoder's downsampling as whole frames do.
@@ -185,22 +227,32 @@ pub fn batch(recipe: &Recipe, draw: Draw<'_>, step: usize, device: &Device) -> R
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&crops, 0)
     };
-    Ok(Batch { x: cut(&x)?, weight: cut(&weight)? })
+    Ok(Batch { x: cut(&x)?, weight: cut(&weight)?, colour_threes, shape_threes })
 }
 
 /// The loss of `vae` on a batch: the weighted reconstruction error of the encoder's mean (below), the
-/// latent penalty and, when it is on, the colour contrast term (the batch then in threes).
-pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64, contrast: &ColourContrast) -> Result<(Tensor, VaeLoss)> {
+/// latent penalty and, when they are on, the contrast terms over the batch's threes of each kind.
+pub fn loss(
+    vae: &WanVae,
+    batch: &Batch,
+    latent_penalty: f64,
+    [colour, shape]: [&Contrast; 2],
+) -> Result<(Tensor, VaeLoss)> {
     let moments = vae.encode_moments(&batch.x).map_err(candle_core::Error::wrap)?;
     let mean = moments.narrow(1, 0, moments.dim(1)? / 2)?;
     let y = vae.decode(&mean).map_err(candle_core::Error::wrap)?;
     let reconstruction = reconstruction_error(&y, batch)?;
     let penalty = (mean.sqr()?.mean_all()? * 0.5)?;
     let mut total = (&reconstruction + (&penalty * latent_penalty)?)?;
-    let mut contrast_value = 0.0;
-    if !contrast.is_off() {
-        if let Some(term) = contrast_term(&mean, &batch.x, contrast.margin)? {
-            contrast_value = scalar(&term)?;
+    let mut values = [0.0; 2];
+    let kinds = [(colour, 0, batch.colour_threes), (shape, batch.colour_threes, batch.shape_threes)];
+    for (value, (contrast, first, threes)) in values.iter_mut().zip(kinds) {
+        if contrast.is_off() || threes == 0 {
+            continue;
+        }
+        let pick = |t: &Tensor| t.narrow(0, 3 * first, 3 * threes);
+        if let Some(term) = contrast_term(&pick(&mean)?, &pick(&batch.x)?, contrast.margin)? {
+            *value = scalar(&term)?;
             total = (total + (term * contrast.weight)?)?;
         }
     }
@@ -208,7 +260,8 @@ pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64, contrast: &ColourC
         total: scalar(&total)?,
         reconstruction: scalar(&reconstruction)?,
         penalty: scalar(&penalty)?,
-        contrast: contrast_value,
+        colour_contrast: values[0],
+        shape_contrast: values[1],
     };
     Ok((total, report))
 }
@@ -217,7 +270,7 @@ pub fn loss(vae: &WanVae, batch: &Batch, latent_penalty: f64, contrast: &ColourC
 /// little of the object for the contrast term (a crop that missed it).
 const MIN_OBJECT_SIGNAL: f32 = 2.0;
 
-/// The colour contrast term of a batch in threes (see [`ColourContrast`]) from the encoder's mean
+/// A contrast term of a batch in threes (see [`Contrast`]) from the encoder's mean
 /// `[B, z, F, h, w]` and the clips `[B, 3, F, H, W]`: the mean over the threes that show their object
 /// of `max(0, margin · pixel ratio − latent ratio)²`; none if no three does.
 pub fn contrast_term(mean: &Tensor, x: &Tensor, margin: f64) -> Result<Option<Tensor>> {
@@ -356,141 +409,4 @@ pub fn reconstruction_check(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::train::recipe::VaeRecipe;
-
-    /// Object pixels at the middle frame of every crop of a step, counted through the loss weights.
-    fn object_pixels(recipe: &Recipe, step: usize) -> Vec<usize> {
-        let b = batch(recipe, Draw::vae(recipe), step, &Device::Cpu).unwrap();
-        let (n, _, f, _, _) = b.weight.dims5().unwrap();
-        (0..n)
-            .map(|i| {
-                let middle = b.weight.get(i).unwrap().narrow(1, (f - 1) / 2, 1).unwrap();
-                middle.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|&&w| w > 1.0).count()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn crops_placed_around_objects_show_them() {
-        let mut recipe = Recipe::default();
-        recipe.vae.batch = 4;
-        recipe.vae.object_weight = 2.0;
-        recipe.vae.clips = vec![ClipShape { frames: 9, crop: 24 }];
-        let random: Vec<usize> = (0..8).flat_map(|s| object_pixels(&recipe, s)).collect();
-        recipe.vae.object_crops = 1.0;
-        let around: Vec<usize> = (0..8).flat_map(|s| object_pixels(&recipe, s)).collect();
-        // Every crop placed around an object holds a good part of one; random crops often miss.
-        assert!(around.iter().all(|&p| p >= 40), "object pixels per crop: {around:?}");
-        assert!(random.iter().filter(|&&p| p < 40).count() >= 4, "random crops: {random:?}");
-        let shape = batch(&recipe, Draw::vae(&recipe), 0, &Device::Cpu).unwrap().x.dims5().unwrap();
-        assert_eq!(shape, (4, 3, 9, 24, 24));
-    }
-
-    #[test]
-    fn the_decoder_phase_draws_its_own_clip_shapes_when_it_names_them() {
-        let mut recipe = Recipe::default();
-        recipe.vae.batch = 2;
-        let dims = |r: &Recipe, decoder: bool, step| {
-            let draw = if decoder { Draw::decoder(r) } else { Draw::vae(r) };
-            let (_, _, f, h, w) = batch(r, draw, step, &Device::Cpu).unwrap().x.dims5().unwrap();
-            (f, h, w)
-        };
-        // Without its own shapes, the decoder's steps cycle through the VAE's.
-        for step in 0..4 {
-            let c = recipe.vae.clips[step % recipe.vae.clips.len()];
-            assert_eq!(dims(&recipe, true, step), (c.frames, c.crop, c.crop));
-        }
-        recipe.vae.decoder.clips = vec![ClipShape { frames: 25, crop: 16 }, ClipShape { frames: 41, crop: 8 }];
-        assert_eq!(dims(&recipe, true, 0), (25, 16, 16));
-        assert_eq!(dims(&recipe, true, 1), (41, 8, 8));
-        assert_eq!(dims(&recipe, true, 2), (25, 16, 16));
-        // The VAE phase keeps its own.
-        let c = recipe.vae.clips[1];
-        assert_eq!(dims(&recipe, false, 1), (c.frames, c.crop, c.crop));
-    }
-
-    #[test]
-    fn threes_show_a_scene_recoloured_and_without_its_object_at_one_crop() {
-        let mut recipe = Recipe::default();
-        recipe.vae.batch = 6;
-        recipe.vae.object_crops = 1.0;
-        recipe.vae.clips = vec![ClipShape { frames: 9, crop: 24 }];
-        recipe.vae.colour_contrast = ColourContrast { weight: 1.0, margin: 1.0 };
-        for step in 0..6 {
-            let b = batch(&recipe, Draw::vae(&recipe), step, &Device::Cpu).unwrap();
-            assert_eq!(b.x.dims5().unwrap(), (6, 3, 9, 24, 24));
-            // Per pixel of each three: whether the clip differs from its object-less copy (the object),
-            // and whether it differs from the recoloured one (only ever on the object).
-            let pixels = |i: usize| b.x.get(i).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for g in 0..2 {
-                let [clip, recoloured, without] = [pixels(3 * g), pixels(3 * g + 1), pixels(3 * g + 2)];
-                let object: Vec<bool> = clip.iter().zip(&without).map(|(a, b)| a != b).collect();
-                let moved: Vec<bool> = clip.iter().zip(&recoloured).map(|(a, b)| a != b).collect();
-                assert!(object.iter().filter(|&&o| o).count() > 100, "step {step}: the crop shows the object");
-                assert!(moved.iter().zip(&object).all(|(&m, &o)| !m || o), "only object pixels change colour");
-                assert!(moved.iter().filter(|&&m| m).count() > 50, "the recoloured object has another colour");
-            }
-        }
-        // The crops and scenes of the clips without threes are what they were: the first clip of a three
-        // is the first clip of the plain batch.
-        let plain = Recipe {
-            vae: VaeRecipe { colour_contrast: ColourContrast::default(), ..recipe.vae.clone() },
-            ..recipe.clone()
-        };
-        let a = batch(&plain, Draw::vae(&plain), 3, &Device::Cpu).unwrap().x.get(0).unwrap();
-        let b = batch(&recipe, Draw::vae(&recipe), 3, &Device::Cpu).unwrap().x.get(0).unwrap();
-        assert_eq!(
-            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
-    }
-
-    #[test]
-    fn a_recoloured_object_takes_one_of_the_three_nearest_colours() {
-        let sampler = SceneSampler::new(64, 64);
-        for seed in 0..20 {
-            let scene = sampler.sample(seed);
-            let colour = scene.objects[0].colour;
-            let near = neighbours(&scene, colour);
-            assert!(!near.contains(&colour) && near.len() >= 3, "{near:?}");
-            let d =
-                |c: Colour| c.rgb().iter().zip(colour.rgb()).map(|(&a, b)| (a as i32 - b as i32).pow(2)).sum::<i32>();
-            assert!(near.windows(2).all(|w| d(w[0]) <= d(w[1])), "nearest first: {near:?}");
-        }
-        // Yellow's nearest are orange first; the farthest (blue) is not among its three.
-        let mut scene = sampler.sample(1);
-        scene.objects.truncate(1);
-        scene.objects[0].colour = Colour::Yellow;
-        let near = neighbours(&scene, Colour::Yellow);
-        assert_eq!(near[0], Colour::Orange);
-        assert!(!near[..3].contains(&Colour::Blue));
-    }
-
-    #[test]
-    fn the_contrast_term_costs_a_latent_that_holds_colours_closer_than_the_pixels_do() {
-        let dev = Device::Cpu;
-        // One three of 4-value "clips": the object differs from the background by 2 (clip) and 2
-        // (recoloured); the colours by 1: a pixel ratio of 0.5.
-        let x = Tensor::new(&[[2f32, 0., 0., 0.], [1.75, 0.968_246, 0., 0.], [0., 0., 0., 0.]], &dev).unwrap();
-        let latent = |apart: f32| Tensor::new(&[[1f32, 0.], [1., apart], [0., 0.]], &dev).unwrap();
-        let term = |apart: f32, margin: f64| {
-            contrast_term(&latent(apart), &x, margin).unwrap().unwrap().to_scalar::<f32>().unwrap() as f64
-        };
-        // Latent ratio 0.2 / ~1.01 against a target of 0.5: a shortfall of about 0.3.
-        let t = term(0.2, 1.0);
-        assert!((t.sqrt() - (0.5 - 0.2 / 1.009_902)).abs() < 1e-3, "{t}");
-        // Far enough apart, or a lower margin: no cost.
-        assert_eq!(term(0.6, 1.0), 0.0);
-        assert_eq!(term(0.2, 0.3), 0.0);
-        // A three whose crop misses the object (clips alike) has no term.
-        let flat = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
-        assert!(contrast_term(&latent(0.2), &flat, 1.0).unwrap().is_none());
-        // Its gradient pushes the two colours' latents apart.
-        let var = candle_core::Var::from_tensor(&latent(0.2)).unwrap();
-        let grads = contrast_term(var.as_tensor(), &x, 1.0).unwrap().unwrap().backward().unwrap();
-        let g = grads.get(&var).unwrap().to_vec2::<f32>().unwrap();
-        assert!(g[1][1] < 0.0, "descending raises the recoloured latent's distance: {g:?}");
-    }
-}
+mod tests;

@@ -238,12 +238,7 @@ fn the_colour_contrast_fine_tune_is_the_caption_fine_tune_with_a_vae_phase_and_c
     // The shipped model's VAE trained on with the term, then its transformer on the new latents.
     assert!(contrast.vae.steps > 0 && contrast.vae.lr < tune.vae.lr && contrast.vae.decoder.steps == 0);
     let same = Recipe {
-        vae: VaeRecipe {
-            steps: 0,
-            lr: tune.vae.lr,
-            colour_contrast: ColourContrast::default(),
-            ..contrast.vae.clone()
-        },
+        vae: VaeRecipe { steps: 0, lr: tune.vae.lr, colour_contrast: Contrast::default(), ..contrast.vae.clone() },
         dit: DitRecipe { lr: tune.dit.lr, clips: tune.dit.clips, ..contrast.dit.clone() },
         ..contrast.clone()
     };
@@ -263,4 +258,49 @@ fn the_colour_contrast_fine_tune_is_the_caption_fine_tune_with_a_vae_phase_and_c
     bad.vae.colour_contrast.weight = -1.0;
     let err = bad.validate().unwrap_err();
     assert!(err.contains("vae.colour_contrast.weight") && err.contains("-1"), "{err}");
+}
+
+#[test]
+fn the_contrast_fine_tune_adds_the_shape_term_to_the_colour_one_and_checks_its_fields() {
+    let colour: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-colour-contrast.json")).unwrap();
+    let both: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-contrast.json")).unwrap();
+    both.validate().unwrap();
+    let s = &both.vae.shape_contrast;
+    assert!(s.weight > 0.0 && s.margin > 0.0);
+    // A step sees one three of each, so the same clips' time buys fewer steps; and the decoder gets
+    // back a phase of its own as the shipped model's had (objects weighted, latents moved by noise).
+    assert_eq!((both.vae.batch, both.vae.steps), (6, 600));
+    let d = &both.vae.decoder;
+    assert!(d.steps > 0 && d.object_weight > 1.0 && d.latent_noise > 0.0, "{d:?}");
+    let same = Recipe { vae: VaeRecipe { shape_contrast: Contrast::default(), ..both.vae.clone() }, ..both.clone() };
+    let decoder = DecoderRecipe { steps: d.steps, ..colour.vae.decoder.clone() };
+    let vae = VaeRecipe { batch: 6, steps: 600, decoder, ..colour.vae.clone() };
+    assert_eq!(same, Recipe { vae, ..colour.clone() });
+    assert!(!serde_json::to_string(&colour).unwrap().contains("shape_contrast"));
+
+    let mut bad = both.clone();
+    bad.vae.colour_contrast = Contrast::default();
+    bad.vae.batch = 5;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.batch") && err.contains("shape_contrast") && err.contains('5'), "{err}");
+    let mut bad = both.clone();
+    bad.vae.shape_contrast.margin = f64::NAN;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.shape_contrast.margin"), "{err}");
+    let mut bad = both;
+    bad.vae.shape_contrast.weight = -2.0;
+    let err = bad.validate().unwrap_err();
+    assert!(err.contains("vae.shape_contrast.weight") && err.contains("-2"), "{err}");
+}
+
+#[test]
+fn the_vae_fine_tune_is_the_contrast_fine_tune_without_its_terms() {
+    let both: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-contrast.json")).unwrap();
+    let plain: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-vae.json")).unwrap();
+    plain.validate().unwrap();
+    assert!(plain.vae.colour_contrast.is_off() && plain.vae.shape_contrast.is_off());
+    let off = Contrast::default();
+    let vae = VaeRecipe { colour_contrast: off.clone(), shape_contrast: off, ..both.vae.clone() };
+    assert_eq!(plain, Recipe { vae, ..both });
 }
