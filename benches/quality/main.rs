@@ -26,7 +26,8 @@
 //! direction; objects bounce off the edges later), and the main object's frame-to-frame movement at the
 //! seams (where a window begins or ends) against its median movement elsewhere; and, to see where a long
 //! video loses its colours, the colour of every object in each whole 17-frame piece of the video on its
-//! own. Prints markdown tables. `tools/bench/quality.sh` builds and runs it.
+//! own, and whether each piece's background has the prompt's colours. Prints markdown tables.
+//! `tools/bench/quality.sh` builds and runs it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -143,6 +144,8 @@ struct Score {
     seam_ratio: Option<f64>,
     /// Objects with the right colour in each whole 17-frame piece of the video, from its start.
     piece_colours: Vec<usize>,
+    /// Whether the background's colours are right in each whole 17-frame piece.
+    piece_backgrounds: Vec<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -249,13 +252,17 @@ async fn run(o: Options) -> anyhow::Result<()> {
         };
         println!("| {} | {} | {} |", mode.name, part(false), part(true));
     }
-    println!("\n| joining | objects with the right colour in each 17-frame piece, from the video's start |");
-    println!("| --- | --- |");
+    println!(
+        "\n| joining | objects with the right colour in each 17-frame piece, from the video's start | videos with the right background in each piece |"
+    );
+    println!("| --- | --- | --- |");
     for (mode, _, scores) in &table {
         let pieces = scores.iter().map(|s| s.piece_colours.len()).min().unwrap_or(0);
         let counts: Vec<String> =
             (0..pieces).map(|k| scores.iter().map(|s| s.piece_colours[k]).sum::<usize>().to_string()).collect();
-        println!("| {} | {} |", mode.name, counts.join(", "));
+        let backgrounds: Vec<String> =
+            (0..pieces).map(|k| scores.iter().filter(|s| s.piece_backgrounds[k]).count().to_string()).collect();
+        println!("| {} | {} | {} |", mode.name, counts.join(", "), backgrounds.join(", "));
     }
     println!(
         "\n{} {}prompts ({objects} objects), {:.0} s in all",
@@ -279,6 +286,7 @@ fn score(whole: &Report, pieces: &[Report]) -> Score {
         direction: pieces.first().map_or(0, |start| count(start, |o| o.direction_ok)),
         seam_ratio: whole.seams.as_ref().and_then(|s| s.position_px.as_ref()).map(|c| c.ratio),
         piece_colours: pieces.iter().map(|p| count(p, |o| o.colour_ok)).collect(),
+        piece_backgrounds: pieces.iter().map(|p| p.background.colours_ok == Some(true)).collect(),
     }
 }
 

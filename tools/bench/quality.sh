@@ -3,7 +3,8 @@
 # window and as a 77-frame video (20 latent frames) joined three ways (smooth sin² fusion, plain average,
 # no overlap); every MP4 is measured by the evaluator of `patchwork eval`. Prints markdown tables: the
 # scores, the same for lone objects and objects of pairs, and how many objects have the right colour in
-# each 17-frame piece of the videos (progress on stderr). About 6–8 minutes on 2 cores.
+# each 17-frame piece of the videos and how many of those pieces have the prompt's background (progress
+# on stderr). About 6–8 minutes on 2 cores.
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S]
 #                          [--sampler euler|unipc] [--window 17] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
