@@ -250,14 +250,21 @@ fn the_colour_contrast_fine_tune_is_the_caption_fine_tune_with_a_vae_phase_and_c
     bad.vae.batch = 4;
     let err = bad.validate().unwrap_err();
     assert!(err.contains("vae.batch") && err.contains("colour_contrast") && err.contains('4'), "{err}");
-    let mut bad = contrast.clone();
-    bad.vae.colour_contrast.margin = 0.0;
+    assert_contrast_fields_checked(&contrast, "colour_contrast", |v| &mut v.colour_contrast);
+}
+
+/// A term's margin must be positive and finite and its weight not negative; the errors name the field.
+fn assert_contrast_fields_checked(recipe: &Recipe, name: &str, term: fn(&mut VaeRecipe) -> &mut Contrast) {
+    for margin in [0.0, f64::NAN] {
+        let mut bad = recipe.clone();
+        term(&mut bad.vae).margin = margin;
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains(&format!("vae.{name}.margin")), "{err}");
+    }
+    let mut bad = recipe.clone();
+    term(&mut bad.vae).weight = -1.0;
     let err = bad.validate().unwrap_err();
-    assert!(err.contains("vae.colour_contrast.margin"), "{err}");
-    let mut bad = contrast;
-    bad.vae.colour_contrast.weight = -1.0;
-    let err = bad.validate().unwrap_err();
-    assert!(err.contains("vae.colour_contrast.weight") && err.contains("-1"), "{err}");
+    assert!(err.contains(&format!("vae.{name}.weight")) && err.contains("-1"), "{err}");
 }
 
 #[test]
@@ -284,14 +291,7 @@ fn the_contrast_fine_tune_adds_the_shape_term_to_the_colour_one_and_checks_its_f
     bad.vae.batch = 5;
     let err = bad.validate().unwrap_err();
     assert!(err.contains("vae.batch") && err.contains("shape_contrast") && err.contains('5'), "{err}");
-    let mut bad = both.clone();
-    bad.vae.shape_contrast.margin = f64::NAN;
-    let err = bad.validate().unwrap_err();
-    assert!(err.contains("vae.shape_contrast.margin"), "{err}");
-    let mut bad = both;
-    bad.vae.shape_contrast.weight = -2.0;
-    let err = bad.validate().unwrap_err();
-    assert!(err.contains("vae.shape_contrast.weight") && err.contains("-2"), "{err}");
+    assert_contrast_fields_checked(&both, "shape_contrast", |v| &mut v.shape_contrast);
 }
 
 #[test]
