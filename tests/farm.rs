@@ -141,6 +141,32 @@ async fn a_prompt_schedule_conditions_each_window_by_its_segment() {
     assert!(video != single, "the schedule's second prompt changed nothing");
 }
 
+/// `fusion: continue` draws the windows one after another; a frame that needs spatial tiles is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continued_windows_are_drawn_one_after_another() {
+    let continued = pb::JobSpec { width: Some(64), fusion: "continue".into(), ..several_windows(3) };
+    let (video, job) = render_with(1, continued.clone()).await;
+    let info = probe_mp4(&video).expect("a readable MP4");
+    assert_eq!((info.frames, info.width, info.height), (33, 64, 64));
+    let progress = job.progress.unwrap();
+    assert_eq!(progress.windows.len(), 3, "3 temporal windows, one tile");
+    assert!(progress.windows.iter().all(|w| w.steps_done == 3));
+    assert_eq!((progress.step, progress.steps), (3, 3));
+    let (smooth, _) = render_with(1, pb::JobSpec { fusion: String::new(), ..continued }).await;
+    assert!(video != smooth, "continuing changed nothing");
+
+    let data = tempfile::tempdir().unwrap();
+    let coord = coordinator(data.path(), &[]);
+    let mut client = client(&coord).await;
+    let tiled = pb::JobSpec { fusion: "continue".into(), ..several_windows(3) };
+    let err = client
+        .submit_job(pb::SubmitJobRequest { spec: Some(tiled), request_id: String::new() })
+        .await
+        .expect_err("tiles cannot be continued");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("fusion"), "{}", err.message());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_times_out_and_its_work_is_redone_elsewhere() {
     let steps = 6;

@@ -44,6 +44,7 @@ pub async fn run() -> anyhow::Result<()> {
                 prompt: valid.segments[0].prompt.clone(),
                 negative_prompt: valid.negative_prompt.clone(),
                 guidance_scale: valid.guidance_scale as f32,
+                frame_timesteps: Vec::new(),
             }
             .encoded_len();
             response += pb::DenoiseResponse { fence: Some(fence), output: Some(tensor) }.encoded_len();

@@ -141,6 +141,7 @@ fn coordinator_work(spec: &JobSpec, plan: &WindowPlan) -> anyhow::Result<Work> {
                 prompt: PROMPT.into(),
                 negative_prompt: String::new(),
                 guidance_scale: 5.0,
+                frame_timesteps: Vec::new(),
             };
             let copy = request.clone();
             sent += copy.latent.map_or(0, |l| l.data.len());

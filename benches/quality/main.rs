@@ -19,7 +19,9 @@
 //! - `--frames` long with windows of `--window` frames (17) overlapping by `--overlap` (8), joined by the smooth
 //!   (sin²) weights;
 //! - the same joined by a plain average over each overlap;
-//! - the same with no overlap at all (windows side by side).
+//! - the same with no overlap at all (windows side by side);
+//! - continued: the same windows drawn one after another, each holding the frames it shares with the
+//!   one before clean while it draws its own (for a model trained to continue a video).
 //!
 //! Each MP4 is decoded and measured by `patchwork eval`'s evaluator: colour and shape of every object the
 //! prompt names over the whole video, direction over the first 17 frames (captions name the starting
@@ -105,8 +107,10 @@ fn options() -> anyhow::Result<Options> {
             "--sampler" => o.sampler = value()?,
             "--modes" => {
                 o.modes = value()?.split(',').map(|m| m.trim().parse()).collect::<Result<_, _>>()?;
-                if o.modes.iter().any(|&m| m > 3) {
-                    bail!("--modes: indices are 0 (one window), 1 (smooth), 2 (average), 3 (no overlap)");
+                if o.modes.iter().any(|&m| m > 4) {
+                    bail!(
+                        "--modes: indices are 0 (one window), 1 (smooth), 2 (average), 3 (no overlap), 4 (continued)"
+                    );
                 }
             }
             "--keep" => o.keep = Some(PathBuf::from(value()?)),
@@ -160,6 +164,7 @@ async fn run(o: Options) -> anyhow::Result<()> {
         Mode { name: "smooth fusion", frames: o.frames, window: o.window, overlap: o.overlap, fusion: "smooth" },
         Mode { name: "plain average", frames: o.frames, window: o.window, overlap: o.overlap, fusion: "average" },
         Mode { name: "no overlap", frames: o.frames, window: o.window, overlap: 0, fusion: "smooth" },
+        Mode { name: "continued", frames: o.frames, window: o.window, overlap: o.overlap, fusion: "continue" },
     ];
     let sampler = SceneSampler::new(64, 64);
     let parts = if o.short { CaptionParts { speed: false, background: false } } else { CaptionParts::ALL };

@@ -48,7 +48,8 @@ pub struct SpecArgs {
     /// Higher runs first.
     #[arg(long, default_value_t = 0)]
     pub priority: i32,
-    /// How overlapping windows are joined: smooth (sin² weights) | average.
+    /// How overlapping windows are joined: smooth (sin² weights) | average | continue (windows drawn one
+    /// after another, each from the frames before it; for models trained to continue a video).
     #[arg(long, default_value = "")]
     pub fusion: String,
     /// The initial noise: independent | shuffled (later windows reuse the first window's noise frames,

@@ -209,10 +209,23 @@ impl WorkerService {
         if !req.timestep.is_finite() || !req.guidance_scale.is_finite() {
             return Err(Status::invalid_argument("timestep and guidance_scale must be finite"));
         }
+        if !req.frame_timesteps.is_empty() {
+            if req.frame_timesteps.len() != shape[1] {
+                return Err(Status::invalid_argument(format!(
+                    "frame_timesteps: {} timesteps for a window of {} latent frames",
+                    req.frame_timesteps.len(),
+                    shape[1]
+                )));
+            }
+            if req.frame_timesteps.iter().any(|t| !(0.0..=1000.0).contains(t)) {
+                return Err(Status::invalid_argument("frame_timesteps: every timestep must lie in 0..=1000"));
+            }
+        }
         let input = DenoiseInput {
             shape,
             latent,
             timestep: req.timestep,
+            frame_timesteps: req.frame_timesteps,
             prompt: req.prompt,
             negative_prompt: req.negative_prompt,
             guidance_scale: req.guidance_scale,
@@ -290,6 +303,16 @@ mod tests {
         let mut nan = request(&[16, 1, 2, 2]);
         nan.timestep = f32::NAN;
         assert_eq!(service.denoise(Request::new(nan)).await.unwrap_err().code(), Code::InvalidArgument);
+        for frame_timesteps in [vec![500.0], vec![500.0, 1200.0], vec![f32::NAN, 0.0]] {
+            let mut r = request(&[16, 2, 2, 2]);
+            r.frame_timesteps = frame_timesteps.clone();
+            let err = service.denoise(Request::new(r)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{frame_timesteps:?}");
+            assert!(err.message().starts_with("frame_timesteps"), "{}", err.message());
+        }
+        let mut held = request(&[16, 2, 2, 2]);
+        held.frame_timesteps = vec![0.0, 500.0];
+        assert!(service.denoise(Request::new(held)).await.is_ok());
         let decode =
             pb::DecodeRequest { latent: request(&[16, 2, 2, 2]).latent, context_frames: 2, ..Default::default() };
         let err = service.decode(Request::new(decode)).await.unwrap_err();

@@ -26,6 +26,7 @@ fn denoise_is_deterministic_and_guidance_matters() {
         prompt: "a red circle moving right".into(),
         negative_prompt: String::new(),
         guidance_scale: 5.0,
+        frame_timesteps: Vec::new(),
     };
     let a = engine.denoise(&input).unwrap();
     let b = engine.denoise(&input).unwrap();
@@ -36,6 +37,33 @@ fn denoise_is_deterministic_and_guidance_matters() {
     assert!(rel_err(&unguided, &a) > 1e-3, "guidance changed nothing");
     let other = engine.denoise(&DenoiseInput { prompt: "a green square".into(), ..input }).unwrap();
     assert!(rel_err(&other, &a) > 1e-3, "the prompt changed nothing");
+}
+
+/// A timestep per latent frame: all alike, it is the window's one timestep; frames held clean (timestep
+/// 0) change the prediction; a wrong count is refused by name.
+#[test]
+fn frame_timesteps_condition_each_frame() {
+    let engine = engine();
+    let shape = [16, 3, 8, 8];
+    let input = DenoiseInput {
+        shape,
+        latent: gaussian_noise(9, shape.iter().product()),
+        timestep: 600.0,
+        prompt: "a blue square moving up".into(),
+        negative_prompt: String::new(),
+        guidance_scale: 5.0,
+        frame_timesteps: Vec::new(),
+    };
+    let one = engine.denoise(&input).unwrap();
+    let alike = engine.denoise(&DenoiseInput { frame_timesteps: vec![600.0; 3], ..input.clone() }).unwrap();
+    assert!(rel_err(&alike, &one) < 1e-5, "{}", rel_err(&alike, &one));
+    let held = engine.denoise(&DenoiseInput { frame_timesteps: vec![0.0, 600.0, 600.0], ..input.clone() }).unwrap();
+    let plane = 3 * 8 * 8;
+    let first: Vec<f32> = (0..16).flat_map(|c| held[c * plane..c * plane + 64].to_vec()).collect();
+    let first_one: Vec<f32> = (0..16).flat_map(|c| one[c * plane..c * plane + 64].to_vec()).collect();
+    assert!(rel_err(&first, &first_one) > 1e-2, "a clean frame's timestep changed nothing");
+    let err = engine.denoise(&DenoiseInput { frame_timesteps: vec![0.0; 2], ..input }).unwrap_err().to_string();
+    assert!(err.contains("frame_timesteps"), "{err}");
 }
 
 /// Decodes latent frames [start - context, end) of `latent` ([16, F, 8, 8]) and returns the chunk's frames.

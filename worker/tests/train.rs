@@ -228,6 +228,7 @@ fn an_interrupted_run_resumes_to_the_same_model_and_the_model_serves() {
             prompt: "a red circle moving left".into(),
             negative_prompt: String::new(),
             guidance_scale: 3.0,
+            frame_timesteps: Vec::new(),
         })
         .unwrap();
     assert!(out.iter().all(|v| v.is_finite()));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use patchwork_shared::pb::{self, render_service_server::RenderService};
 use patchwork_shared::spec::{requested_model, FieldError, JobSpec};
+use patchwork_shared::windows::FusionMode;
 use prost::Message;
 use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -205,6 +206,22 @@ impl RenderService for RenderApi {
         let spec = JobSpec::validate(&spec, &model, fallback_seed)?;
         // Plan now, so that a job the runner could not plan, or one of absurdly many windows, is refused here.
         let plan = plan(&spec, &model).map_err(|e| FieldError::new("window_frames", e))?;
+        if spec.fusion == FusionMode::Continue
+            && plan
+                .windows
+                .iter()
+                .any(|w| w.bbox.rows != plan.windows[0].bbox.rows || w.bbox.cols != plan.windows[0].bbox.cols)
+        {
+            return Err(FieldError::new(
+                "fusion",
+                format!(
+                    "\"continue\" draws windows one after another along time and needs frames that fit one window \
+                     ({}x{} or smaller), got {}x{}",
+                    model.native_width, model.native_height, spec.width, spec.height
+                ),
+            )
+            .into());
+        }
         if plan.windows.len() > MAX_WINDOWS {
             return Err(FieldError::new(
                 "frames",

@@ -28,6 +28,11 @@ pub enum FusionMode {
     Smooth,
     /// Every window weighs the same everywhere: a plain average over each overlap.
     Average,
+    /// Nothing is fused: windows are drawn one after another along time, each holding the frames it
+    /// shares with the windows before it clean (a timestep of 0 for those frames) while it draws its own
+    /// from their noise. Needs a transformer trained to continue a video (`dit.context` in a training
+    /// recipe) and frames that fit one window.
+    Continue,
 }
 
 impl FusionMode {
@@ -35,6 +40,7 @@ impl FusionMode {
         match self {
             Self::Smooth => "smooth",
             Self::Average => "average",
+            Self::Continue => "continue",
         }
     }
 }
@@ -52,7 +58,8 @@ impl std::str::FromStr for FusionMode {
         match name.trim().to_ascii_lowercase().as_str() {
             "smooth" => Ok(Self::Smooth),
             "average" => Ok(Self::Average),
-            _ => Err(format!("unknown fusion {name:?} (known: smooth, average)")),
+            "continue" => Ok(Self::Continue),
+            _ => Err(format!("unknown fusion {name:?} (known: smooth, average, continue)")),
         }
     }
 }
@@ -82,7 +89,8 @@ impl Fusion {
         let weights: Vec<Vec<f32>> = (0..boxes.len())
             .map(|i| match mode {
                 FusionMode::Smooth => window_weights(&boxes, i),
-                FusionMode::Average => vec![1.0; boxes[i].area()],
+                // A continued video fuses nothing; its weights are never used.
+                FusionMode::Average | FusionMode::Continue => vec![1.0; boxes[i].area()],
             })
             .collect();
 

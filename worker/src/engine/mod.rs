@@ -41,6 +41,8 @@ pub struct DenoiseInput {
     pub shape: [usize; 4],
     pub latent: Vec<f32>,
     pub timestep: f32,
+    /// One timestep per latent frame (`f` of them), or empty: every frame at `timestep`.
+    pub frame_timesteps: Vec<f32>,
     pub prompt: String,
     pub negative_prompt: String,
     pub guidance_scale: f32,
@@ -272,6 +274,21 @@ fn geometry_for(cfg: &WanTransformerConfig, name: &str) -> ModelGeometry {
     ModelGeometry { name: name.to_string(), ..preset }
 }
 
+/// The transformer's timesteps for `batch` copies of `input`'s window: `[batch]`, or `[batch, f]` with a
+/// timestep per latent frame.
+fn timesteps(input: &DenoiseInput, batch: usize, device: &Device) -> Result<Tensor, ModelError> {
+    let f = input.shape[1];
+    if input.frame_timesteps.is_empty() {
+        return Ok(Tensor::new(vec![input.timestep; batch], device)?);
+    }
+    if input.frame_timesteps.len() != f {
+        let got = input.frame_timesteps.len();
+        return Err(ModelError::input("frame_timesteps", format!("{got} timesteps for a window of {f} latent frames")));
+    }
+    let all: Vec<f32> = (0..batch).flat_map(|_| input.frame_timesteps.iter().copied()).collect();
+    Ok(Tensor::from_vec(all, (batch, f), device)?)
+}
+
 impl Evaluator for Engine {
     fn geometry(&self) -> &ModelGeometry {
         &self.geometry
@@ -304,12 +321,12 @@ impl Evaluator for Engine {
             // One batch of two: conditional and unconditional evaluated together.
             let text = Tensor::cat(&[&cond, &uncond], 0)?;
             let x = Tensor::cat(&[&latent, &latent], 0)?;
-            let t = Tensor::new(&[input.timestep, input.timestep], device)?.to_dtype(dtype)?;
+            let t = timesteps(input, 2, device)?.to_dtype(dtype)?;
             let out = self.transformer(&x, &t, &text)?.to_dtype(DType::F32)?;
             classifier_free_guidance(&out.narrow(0, 0, 1)?, &out.narrow(0, 1, 1)?, input.guidance_scale as f64)
                 .map_err(|e| ModelError::input("guidance", e.to_string()))?
         } else {
-            let t = Tensor::new(&[input.timestep], device)?.to_dtype(dtype)?;
+            let t = timesteps(input, 1, device)?.to_dtype(dtype)?;
             self.transformer(&latent, &t, &cond)?.to_dtype(DType::F32)?
         };
         Ok(guided.flatten_all()?.to_vec1::<f32>()?)

@@ -190,13 +190,42 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     };
     let x0 = cut(data.latents.index_select(&picked, 0)?)?;
     let eps = data::normal(data::seed_for(recipe.seed, Stream::DitNoise, step as u64, 0), x0.dims(), device)?;
-    let sigma = Tensor::from_vec(sigmas.clone(), (r.batch, 1, 1, 1, 1), device)?;
+    // With `dit.context`, the clean leading frames of each draw (0 for most).
+    let frames = data.window;
+    let held: Vec<usize> = match &r.context {
+        Some(c) => draws(6)
+            .into_iter()
+            .zip(draws(7))
+            .map(|(u, k)| if u < c.chance { 1 + ((k * c.max_frames as f64) as usize).min(c.max_frames - 1) } else { 0 })
+            .collect(),
+        None => vec![0; r.batch],
+    };
+    // The noise level of every latent frame of every draw: the draw's own, 0 on its context frames.
+    let frame_sigmas: Vec<f32> =
+        sigmas.iter().zip(&held).flat_map(|(&s, &c)| (0..frames).map(move |f| if f < c { 0.0 } else { s })).collect();
+    let sigma = Tensor::from_vec(frame_sigmas.clone(), (r.batch, 1, frames, 1, 1), device)?;
     let noisy = (x0.broadcast_mul(&(1.0 - &sigma)?)? + eps.broadcast_mul(&sigma)?)?;
     let target = (eps - x0)?;
-    let timesteps = Tensor::from_vec(sigmas.iter().map(|s| s * 1000.0).collect::<Vec<_>>(), r.batch, device)?;
+    let timesteps = if r.context.is_some() {
+        Tensor::from_vec(frame_sigmas.iter().map(|s| s * 1000.0).collect::<Vec<_>>(), (r.batch, frames), device)?
+    } else {
+        Tensor::from_vec(sigmas.iter().map(|s| s * 1000.0).collect::<Vec<_>>(), r.batch, device)?
+    };
     let weight = match &data.weights {
         Some(w) => Some(cut(w.index_select(&picked, 0)?)?),
         None => None,
+    };
+    // Context frames are given, not drawn: the loss leaves them out.
+    let weight = if held.iter().any(|&c| c > 0) {
+        let mask: Vec<f32> =
+            held.iter().flat_map(|&c| (0..frames).map(move |f| if f < c { 0.0 } else { 1.0 })).collect();
+        let mask = Tensor::from_vec(mask, (r.batch, 1, frames, 1, 1), device)?;
+        Some(match weight {
+            Some(w) => w.broadcast_mul(&mask)?,
+            None => mask,
+        })
+    } else {
+        weight
     };
     let first_frames = if r.pixel_loss > 0.0 { Some(first_frames(recipe, &picked.to_vec1()?, device)?) } else { None };
     let swapped = if r.binding_loss > 0.0 {

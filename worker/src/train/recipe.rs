@@ -125,6 +125,16 @@ pub struct ClipShape {
     pub crop: usize,
 }
 
+/// How often a transformer draw holds clean context frames, and how many ([`DitRecipe::context`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextFrames {
+    /// The share of draws with context frames.
+    pub chance: f64,
+    /// A draw with context holds 1 to this many of its first latent frames clean (drawn evenly); fewer
+    /// than the window's latent frames.
+    pub max_frames: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DitRecipe {
     pub heads: usize,
@@ -154,6 +164,13 @@ pub struct DitRecipe {
     /// paths kept clear this long); none: the sampler's own (17 frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_frames: Option<usize>,
+    /// Video continuation: some draws hold their window's first latent frames clean, at timestep 0,
+    /// beside the frames being drawn (a timestep per latent frame), and the loss leaves those frames
+    /// out. A transformer so trained can draw a later window of a long video from the frames its
+    /// neighbour has already drawn; none: every frame of a draw at one noise level, as Wan2.1 was
+    /// trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextFrames>,
     /// The share of the dataset's scenes that hold two objects; none: the scene sampler's own (0.2).
     /// Objects of two-object scenes are where the transformer binds words to the wrong object most, so a
     /// fine-tune can show it more of them.
@@ -283,6 +300,7 @@ impl Default for Recipe {
                 clip_frames: None,
                 first_window: None,
                 planned_frames: None,
+                context: None,
                 two_objects: None,
                 caption_dropout: 0.1,
                 caption_part_dropout: 0.0,
@@ -404,6 +422,24 @@ impl Recipe {
                     "dit.first_window must be a probability in 0..1 and needs dit.clip_frames longer than \
                      frames, got {p}"
                 ));
+            }
+        }
+        if let Some(c) = &self.dit.context {
+            let window = (self.frames - 1) / 4 + 1;
+            if !(0.0..=1.0).contains(&c.chance) {
+                return Err(format!("dit.context.chance must be a probability in 0..=1, got {}", c.chance));
+            }
+            if c.max_frames == 0 || c.max_frames >= window {
+                return Err(format!(
+                    "dit.context.max_frames must be 1 to {} (fewer than the window's {window} latent frames), got {}",
+                    window - 1,
+                    c.max_frames
+                ));
+            }
+            if self.dit.pixel_loss > 0.0 {
+                return Err("dit.context and dit.pixel_loss do not go together: the pixel loss takes one \
+                            timestep per clip"
+                    .into());
             }
         }
         if self.dit.planned_frames == Some(0) {

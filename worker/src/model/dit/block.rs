@@ -140,7 +140,8 @@ impl WanBlock {
         })
     }
 
-    /// `x` `[B, N, dim]`, `context` `[B, L, dim]`, `modulation` `[B, 6, dim]` f32.
+    /// `x` `[B, N, dim]`, `context` `[B, L, dim]`, `modulation` `[B, 1, 6, dim]` (or `[B, N, 6, dim]`,
+    /// one per token) f32.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -150,9 +151,9 @@ impl WanBlock {
         tiling: AttentionTiling,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
-        let m = modulation.broadcast_add(&self.scale_shift_table)?;
-        // Each [B, 1, dim], f32: shift, scale, gate for attention, then for the feed-forward.
-        let part = |i: usize| m.narrow(1, i, 1);
+        let m = modulation.broadcast_add(&self.scale_shift_table.unsqueeze(0)?)?;
+        // Each [B, 1, dim] (or [B, N, dim]), f32: shift, scale, gate for attention, then for the feed-forward.
+        let part = |i: usize| m.narrow(2, i, 1)?.squeeze(2);
         let (shift, scale, gate) = (part(0)?, part(1)?, part(2)?);
         let (c_shift, c_scale, c_gate) = (part(3)?, part(4)?, part(5)?);
 

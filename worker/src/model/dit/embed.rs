@@ -50,12 +50,13 @@ pub struct ConditionEmbedder {
     text_linear_2: Linear,
 }
 
-/// What the conditioning gives the blocks.
+/// What the conditioning gives the blocks. `T` is 1 for a timestep per sample, or the number of tokens
+/// when each latent frame has its own.
 #[derive(Debug, Clone)]
 pub struct Conditioning {
-    /// The time embedding `[B, dim]`, in the model dtype (used by the output head).
+    /// The time embedding `[B, T, dim]`, in the model dtype (used by the output head).
     pub temb: Tensor,
-    /// The six per-block modulation vectors `[B, 6, dim]`, in f32.
+    /// The six per-block modulation vectors `[B, T, 6, dim]`, in f32.
     pub modulation: Tensor,
     /// The projected text `[B, L, dim]`, in the model dtype.
     pub context: Tensor,
@@ -76,13 +77,33 @@ impl ConditionEmbedder {
         })
     }
 
-    /// `timestep` `[B]` (any numeric dtype), `text` `[B, L, text_dim]`.
-    pub fn forward(&self, timestep: &Tensor, text: &Tensor) -> Result<Conditioning> {
+    /// `timestep` `[B]`, or `[B, F]` with one per patch frame (any numeric dtype); `text` `[B, L,
+    /// text_dim]`; `tokens_per_frame` the patch grid's rows × columns. A timestep per frame is embedded
+    /// once per frame and repeated over the frame's tokens, as diffusers' Wan does with a timestep per
+    /// token (`expand_timesteps`).
+    pub fn forward(&self, timestep: &Tensor, text: &Tensor, tokens_per_frame: usize) -> Result<Conditioning> {
         let dtype = text.dtype();
         let sinusoid = timestep_embedding(timestep, self.freq_dim)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&sinusoid)?.silu()?)?.to_dtype(dtype)?;
-        let b = temb.dim(0)?;
-        let modulation = self.time_proj.forward(&temb.silu()?)?.reshape((b, 6, ()))?.to_dtype(DType::F32)?;
+        let dim = temb.dim(1)?;
+        let modulation = self.time_proj.forward(&temb.silu()?)?.to_dtype(DType::F32)?;
+        let (temb, modulation) = match timestep.dims() {
+            &[b, f] => {
+                let per_token = |t: &Tensor, width: usize| -> candle_core::Result<Tensor> {
+                    t.reshape((b, f, 1, width))?.broadcast_as((b, f, tokens_per_frame, width))?.reshape((
+                        b,
+                        f * tokens_per_frame,
+                        width,
+                    ))
+                };
+                let n = f * tokens_per_frame;
+                (per_token(&temb, dim)?, per_token(&modulation, 6 * dim)?.reshape((b, n, 6, dim))?)
+            }
+            _ => {
+                let b = temb.dim(0)?;
+                (temb.unsqueeze(1)?, modulation.reshape((b, 1, 6, dim))?)
+            }
+        };
         let context = self.text_linear_2.forward(&self.text_linear_1.forward(text)?.gelu()?)?;
         Ok(Conditioning { temb, modulation, context })
     }

@@ -132,8 +132,9 @@ impl WanTransformer {
     }
 
     /// The model's prediction (the flow velocity) for `hidden_states` `[B, C, F, H, W]` at `timestep`
-    /// `[B]`, conditioned on `encoder_hidden_states` `[B, L, text_dim]`. Returns `[B, out_channels, F, H, W]`
-    /// in the model dtype.
+    /// `[B]` (or `[B, F / patch frames]`, a timestep per latent frame: frames held clean beside frames
+    /// being drawn, as video continuation wants), conditioned on `encoder_hidden_states` `[B, L,
+    /// text_dim]`. Returns `[B, out_channels, F, H, W]` in the model dtype.
     pub fn forward(&self, hidden_states: &Tensor, timestep: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         let grid = self.check_inputs(hidden_states, timestep, encoder_hidden_states)?;
         let (b, _, _, _, _) = hidden_states.dims5()?;
@@ -142,14 +143,14 @@ impl WanTransformer {
         let rope = rope_tables(self.cfg.rope_split(), grid, ROPE_THETA, &self.device)?;
 
         let mut x = self.patch_embedding.forward(&x)?;
-        let cond = self.condition_embedder.forward(timestep, &text)?;
+        let cond = self.condition_embedder.forward(timestep, &text, grid[1] * grid[2])?;
         for block in &self.blocks {
             x = block.forward(&x, &cond.context, &cond.modulation, &rope, self.tiling)?;
         }
 
         // Output head: shift and scale from the time embedding plus the learned table.
-        let m = self.scale_shift_table.broadcast_add(&cond.temb.to_dtype(DType::F32)?.unsqueeze(1)?)?;
-        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let m = self.scale_shift_table.unsqueeze(0)?.broadcast_add(&cond.temb.to_dtype(DType::F32)?.unsqueeze(2)?)?;
+        let (shift, scale) = (m.narrow(2, 0, 1)?.squeeze(2)?, m.narrow(2, 1, 1)?.squeeze(2)?);
         let x = modulate(&self.norm_out.forward(&x)?, &shift, &scale)?.to_dtype(self.dtype)?;
         let x = self.proj_out.forward(&x)?;
         Ok(self.unpatchify(&x, b, grid)?)
@@ -196,8 +197,11 @@ impl WanTransformer {
                 format!("patch grid {grid:?} exceeds rope_max_seq_len {}", cfg.rope_max_seq_len),
             ));
         }
-        if timestep.dims() != [b] {
-            return Err(ModelError::input("timestep", format!("expected shape [{b}], got {:?}", timestep.dims())));
+        if timestep.dims() != [b] && timestep.dims() != [b, f / pt] {
+            return Err(ModelError::input(
+                "timestep",
+                format!("expected shape [{b}] or [{b}, {}], got {:?}", f / pt, timestep.dims()),
+            ));
         }
         match text.dims() {
             &[tb, l, td] if tb == b && td == cfg.text_dim && l > 0 => {}

@@ -352,3 +352,61 @@ fn object_weights_mark_the_latent_positions_objects_touch() -> Result<()> {
     }
     Ok(())
 }
+
+/// `dit.context`: about half the draws hold one or two leading latent frames clean, at timestep 0 (a
+/// timestep per frame), and weigh them 0 in the loss; the loss then trains through the per-frame
+/// conditioning, and a context frame's prediction does not count.
+#[test]
+fn context_frames_are_held_clean_and_left_out_of_the_loss() -> Result<()> {
+    let device = Device::Cpu;
+    let mut recipe = tiny_recipe();
+    recipe.dit.batch = 64;
+    recipe.dit.context = Some(super::super::recipe::ContextFrames { chance: 0.5, max_frames: 2 });
+    let clips = 8;
+    // Each clip's latent is its index everywhere, so a clean frame is constant and noise shows.
+    let index = Tensor::arange(0f32, clips as f32, &device)?.reshape((clips, 1, 1, 1, 1))?;
+    let data = Dataset {
+        latents: index.broadcast_as((clips, 16, 5, 4, 4))?.contiguous()?,
+        window: 5,
+        captions: caption_forms(&recipe, clips),
+        weights: None,
+    };
+    let b = batch(&recipe, &data, 3, &device)?;
+    let t: Vec<Vec<f32>> = b.timesteps.to_vec2()?;
+    let weight: Vec<f32> = b.weight.as_ref().expect("context frames weigh 0").flatten_all()?.to_vec1()?;
+    assert_eq!(weight.len(), 64 * 5);
+    let mut held_counts = [0; 3];
+    for (i, ts) in t.iter().enumerate() {
+        let held = ts.iter().take_while(|&&x| x == 0.0).count();
+        assert!(held <= 2, "{ts:?}");
+        held_counts[held] += 1;
+        assert!(ts[held..].iter().all(|&x| x == ts[held] && x > 0.0), "{ts:?}");
+        for f in 0..5 {
+            assert_eq!(weight[i * 5 + f], if f < held { 0.0 } else { 1.0 }, "draw {i} frame {f}");
+            let frame: Vec<f32> = b.noisy.get(i)?.narrow(1, f, 1)?.flatten_all()?.to_vec1()?;
+            let constant = frame.iter().all(|&v| v == frame[0]);
+            assert_eq!(constant, f < held, "draw {i} frame {f}: clean exactly when held");
+        }
+    }
+    assert!(held_counts[0] > 16 && held_counts[1] > 8 && held_counts[2] > 8, "{held_counts:?}");
+
+    // The loss runs through the per-frame conditioning and ignores the held frames' predictions.
+    recipe.dit.batch = 4;
+    let Tiny { dit, text, dit_params, .. } = tiny(&recipe)?;
+    let data = Dataset { latents: Tensor::randn(0f32, 1.0, (clips, 16, 5, 4, 4), &device)?, ..data };
+    let b = (0..64).map(|step| batch(&recipe, &data, step, &device)).find(|b| {
+        b.as_ref().map_or(true, |b| b.timesteps.to_vec2::<f32>().is_ok_and(|t| t.iter().any(|t| t[0] == 0.0)))
+    });
+    let b = b.expect("a batch with context")?;
+    let (l, value) = loss(&dit, &text, 12, &b, None, 0.0)?;
+    assert!(value.is_finite() && value > 0.0);
+    let mut other = Batch { target: b.target.clone(), ..b };
+    let mask = other.weight.clone().expect("a mask");
+    // Change the targets only where the weight is 0: the loss must not move.
+    other.target = (&other.target + (mask.ones_like()? - &mask)?.broadcast_as(other.target.shape())?)?;
+    let (_, moved) = loss(&dit, &text, 12, &other, None, 0.0)?;
+    assert!((moved - value).abs() < 1e-6 * value, "{moved} {value}");
+    let proj = dit_params.vars().into_iter().find(|(n, _)| n == "proj_out.weight").expect("proj_out").1;
+    assert!(l.backward()?.get(proj.as_tensor()).is_some());
+    Ok(())
+}

@@ -93,6 +93,24 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
     };
     assert_eq!(same, tune);
 
+    // The continuation fine-tune is the windows' with half the draws holding one or two latent frames
+    // clean, half the draws taking a clip's first window, and fewer clips and steps.
+    let continued: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue.json")).unwrap();
+    continued.validate().unwrap();
+    assert_eq!(continued.dit.context, Some(ContextFrames { chance: 0.5, max_frames: 2 }));
+    let same = Recipe {
+        dit: DitRecipe {
+            clips: windows.dit.clips,
+            steps: windows.dit.steps,
+            context: None,
+            first_window: None,
+            ..continued.dit.clone()
+        },
+        ..continued.clone()
+    };
+    assert_eq!(same, windows);
+
     // The long windows' fine-tune is the windows' with scenes planned for the whole clip and half the
     // draws taking a clip's first window.
     let long_windows: Recipe =
@@ -155,6 +173,20 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
         let err = bad.validate().unwrap_err();
         assert!(err.contains("dit.two_objects"), "{err}");
     }
+    for (chance, max_frames, field) in
+        [(1.5, 2, "chance"), (f64::NAN, 2, "chance"), (0.5, 0, "max_frames"), (0.5, 5, "max_frames")]
+    {
+        let mut bad = default.clone();
+        bad.dit.context = Some(ContextFrames { chance, max_frames });
+        let err = bad.validate().unwrap_err();
+        assert!(err.contains(&format!("dit.context.{field}")), "{err}");
+    }
+    let mut context = default.clone();
+    context.dit.context = Some(ContextFrames { chance: 0.5, max_frames: 4 });
+    context.validate().unwrap();
+    context.dit.pixel_loss = 0.5;
+    let err = context.validate().unwrap_err();
+    assert!(err.contains("dit.context") && err.contains("dit.pixel_loss"), "{err}");
     let mut bad = default.clone();
     bad.dit.clip_frames = Some(31);
     let err = bad.validate().unwrap_err();

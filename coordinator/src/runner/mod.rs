@@ -13,7 +13,9 @@ use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb;
 use patchwork_shared::sampler::{FlowSampler, Sampler};
 use patchwork_shared::spec::JobSpec;
-use patchwork_shared::windows::{extract, plan_windows, Fusion, LatentShape, PlanRequest, Span, WindowBox, WindowPlan};
+use patchwork_shared::windows::{
+    extract, plan_windows, Fusion, FusionMode, LatentShape, PlanRequest, Span, WindowBox, WindowPlan,
+};
 use patchwork_shared::wire;
 
 use prost::Message;
@@ -25,6 +27,8 @@ use crate::dispatch::{check_fence, Dispatcher, Work};
 use crate::metrics::WorkKind;
 use crate::store::{Claimed, JobStore};
 use crate::video::{Mp4Writer, RgbFrame};
+
+mod continued;
 
 /// What every job runner shares.
 #[derive(Debug)]
@@ -190,6 +194,9 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         })
         .await?
     };
+    if spec.fusion == FusionMode::Continue {
+        return continued::render(ctx, job, &spec, &plan, &segments, latent, &g).await;
+    }
     let mut sampler = FlowSampler::new(spec.sampler, spec.steps, spec.shift).map_err(|e| e.to_string())?;
     let mut first_step = 0;
     if let Some(resumed) = resume(ctx, &job.id, &spec, shape).await {
@@ -215,69 +222,20 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         let timestep = sampler.current_timestep().ok_or("sampler finished early")? as f32;
         let latent_now = Arc::new(latent);
         let evaluations = plan.windows.iter().map(|window| {
-            let (latent_now, spec, ctx) = (latent_now.clone(), spec.clone(), ctx);
+            let latent_now = latent_now.clone();
             let bbox = window.bbox;
-            let index = window.index;
-            let prompt = spec.segments[segments[index]].prompt.clone();
+            let call = WindowCall {
+                step,
+                index: window.index,
+                dims: bbox.latent_shape(shape.channels).dims(),
+                timestep,
+                frame_timesteps: Vec::new(),
+                prompt: spec.segments[segments[window.index]].prompt.clone(),
+            };
+            let spec = &spec;
             async move {
-                let dims = bbox.latent_shape(shape.channels).dims();
-                let tensor = blocking(move || Ok(wire::f32_tensor(&dims, &extract(&latent_now, shape, &bbox)))).await?;
-                let request = pb::DenoiseRequest {
-                    fence: None,
-                    latent: Some(tensor),
-                    timestep,
-                    prompt,
-                    negative_prompt: spec.negative_prompt.clone(),
-                    guidance_scale: spec.guidance_scale as f32,
-                };
-                let fence = pb::Fence {
-                    term: ctx.term,
-                    job_id: job.id.clone(),
-                    step: step as u32,
-                    window: index as u32,
-                    attempt: 0,
-                };
-                let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
-                let work = Work {
-                    kind: WorkKind::Denoise,
-                    model: &spec.model,
-                    what: &what,
-                    request_bytes: request.encoded_len() + fence.encoded_len(),
-                };
-                let output = ctx
-                    .dispatcher
-                    .run(
-                        work,
-                        fence,
-                        |worker, attempt| {
-                            ctx.store.update(&job.id, |j| {
-                                if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
-                                    w.worker = worker.to_string();
-                                    w.retries = attempt;
-                                }
-                            })
-                        },
-                        |mut client, fence| {
-                            let mut request = request.clone();
-                            request.fence = Some(fence);
-                            async move { client.denoise(request).await }
-                        },
-                        move |fence, response: pb::DenoiseResponse| {
-                            check_fence(fence, response.fence.as_ref())?;
-                            let (_, values) = wire::read_f32("output", response.output.as_ref(), Some(&dims))
-                                .map_err(|e| e.to_string())?;
-                            Ok(values)
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                ctx.store.update(&job.id, |j| {
-                    if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
-                        w.steps_done = step as u32 + 1;
-                        w.worker.clear();
-                    }
-                });
-                Ok::<_, String>(output)
+                let values = blocking(move || Ok(extract(&latent_now, shape, &bbox))).await?;
+                denoise_window(ctx, job, spec, call, values).await
             }
         });
         let outputs = tokio::select! {
@@ -329,6 +287,83 @@ async fn render(ctx: &JobContext, job: &Claimed) -> Result<Outcome, String> {
         return Ok(Outcome::Cancelled);
     }
     decode_and_store(ctx, job, &spec, &g, shape, latent).await
+}
+
+/// One window's evaluation at one step.
+struct WindowCall {
+    step: usize,
+    index: usize,
+    /// The window's latent shape `[C, f, h, w]`.
+    dims: [usize; 4],
+    timestep: f32,
+    /// Empty, or one per latent frame.
+    frame_timesteps: Vec<f32>,
+    prompt: String,
+}
+
+/// Dispatches `call` with the window's latent `values` to a worker (retried elsewhere on failure, as the
+/// dispatcher does) and returns the guided velocity; keeps the job's window progress.
+async fn denoise_window(
+    ctx: &JobContext,
+    job: &Claimed,
+    spec: &JobSpec,
+    call: WindowCall,
+    values: Vec<f32>,
+) -> Result<Vec<f32>, String> {
+    let WindowCall { step, index, dims, timestep, frame_timesteps, prompt } = call;
+    let tensor = blocking(move || Ok(wire::f32_tensor(&dims, &values))).await?;
+    let request = pb::DenoiseRequest {
+        fence: None,
+        latent: Some(tensor),
+        timestep,
+        prompt,
+        negative_prompt: spec.negative_prompt.clone(),
+        guidance_scale: spec.guidance_scale as f32,
+        frame_timesteps,
+    };
+    let fence =
+        pb::Fence { term: ctx.term, job_id: job.id.clone(), step: step as u32, window: index as u32, attempt: 0 };
+    let what = format!("job {} step {}/{} window {index}", job.id, step + 1, spec.steps);
+    let work = Work {
+        kind: WorkKind::Denoise,
+        model: &spec.model,
+        what: &what,
+        request_bytes: request.encoded_len() + fence.encoded_len(),
+    };
+    let output = ctx
+        .dispatcher
+        .run(
+            work,
+            fence,
+            |worker, attempt| {
+                ctx.store.update(&job.id, |j| {
+                    if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
+                        w.worker = worker.to_string();
+                        w.retries = attempt;
+                    }
+                })
+            },
+            |mut client, fence| {
+                let mut request = request.clone();
+                request.fence = Some(fence);
+                async move { client.denoise(request).await }
+            },
+            move |fence, response: pb::DenoiseResponse| {
+                check_fence(fence, response.fence.as_ref())?;
+                let (_, values) =
+                    wire::read_f32("output", response.output.as_ref(), Some(&dims)).map_err(|e| e.to_string())?;
+                Ok(values)
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.store.update(&job.id, |j| {
+        if let Some(w) = j.progress.as_mut().and_then(|p| p.windows.get_mut(index)) {
+            w.steps_done = step as u32 + 1;
+            w.worker.clear();
+        }
+    });
+    Ok(output)
 }
 
 /// The job's checkpoint, if it has a usable one: damaged or mismatched ones are reported and ignored (the
