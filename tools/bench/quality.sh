@@ -8,6 +8,8 @@
 #
 #   tools/bench/quality.sh [--prompts 50] [--frames 77] [--steps N] [--guidance G] [--shift S]
 #                          [--sampler euler|unipc] [--window 17] [--overlap 8] [--modes 0,1,2,3] [--keep DIR]
+#                          (mode 4, not run unless asked: windows drawn one after another, `--fusion continue`,
+#                          for a model trained to continue a video; about twice the wall time of the others)
 #                          [--model DIR]   (a pipeline folder instead of the embedded model)
 #                          [--short]       (prompts without speeds and backgrounds: "a green square moving left")
 #                          [--noise shuffled]  (later windows start from the first window's noise, reordered)

@@ -110,6 +110,16 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
         ..continued.clone()
     };
     assert_eq!(same, windows);
+    // Its twin on the clips' own starts is the caption fine-tune holding frames so, on fewer clips and steps.
+    let starts: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue-starts.json")).unwrap();
+    starts.validate().unwrap();
+    assert_eq!(starts.dit.context, continued.dit.context);
+    let same = Recipe {
+        dit: DitRecipe { clips: tune.dit.clips, steps: tune.dit.steps, context: None, ..starts.dit.clone() },
+        ..starts.clone()
+    };
+    assert_eq!(same, tune);
 
     // The long windows' fine-tune is the windows' with scenes planned for the whole clip and half the
     // draws taking a clip's first window.
