@@ -13,7 +13,7 @@ use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb;
 use patchwork_shared::sampler::{FlowSampler, Sampler};
 use patchwork_shared::spec::JobSpec;
-use patchwork_shared::windows::{extract, LatentShape, Span, WindowBox, WindowPlan};
+use patchwork_shared::windows::{extract, insert, LatentShape, Span, WindowBox, WindowPlan};
 
 use super::{blocking, decode_and_store, denoise_window, JobContext, Outcome, WindowCall};
 use crate::store::Claimed;
@@ -63,13 +63,17 @@ pub(super) async fn render(
                 frame_timesteps: (0..dims[1]).map(|i| if i < held { 0.0 } else { timestep }).collect(),
                 prompt: spec.segments[segments[window.index]].prompt.clone(),
             };
-            let values = extract(&latent, shape, &bbox);
+            let values;
+            (latent, values) = blocking(move || {
+                let values = extract(&latent, shape, &bbox);
+                Ok((latent, values))
+            })
+            .await?;
             let output = tokio::select! {
-                output = denoise_window(ctx, job, spec, call, values.clone()) => output?,
+                output = denoise_window(ctx, job, spec, call, values) => output?,
                 _ = job.cancel.cancelled() => return Ok(Outcome::Cancelled),
             };
-            (latent, sampler) =
-                blocking(move || advance(latent, sampler, shape, &own, dims, held, &output, &values)).await?;
+            (latent, sampler) = blocking(move || advance(latent, sampler, shape, &bbox, held, &output)).await?;
             ctx.dispatcher.metrics.step_done(&spec.model, started.elapsed());
             // The job's step counts the whole video's progress: all windows' steps, in step units.
             let progress = ((done_windows * spec.steps + step + 1) * spec.steps / total) as u32;
@@ -85,47 +89,28 @@ pub(super) async fn render(
     decode_and_store(ctx, job, spec, g, shape, latent).await
 }
 
-/// One sampler step of a window's own frames (those after its `held` ones): the window's latent `values`
-/// and `output` are `dims`; the result is written into `latent` at `own`.
-#[allow(clippy::too_many_arguments)]
+/// One sampler step of the own frames of the window at `bbox` (those after its `held` ones), given the
+/// window's `output`; the result is written back into `latent`.
 fn advance(
     mut latent: Vec<f32>,
     mut sampler: FlowSampler,
     shape: LatentShape,
-    own: &WindowBox,
-    dims: [usize; 4],
+    bbox: &WindowBox,
     held: usize,
     output: &[f32],
-    values: &[f32],
 ) -> Result<(Vec<f32>, FlowSampler), String> {
-    let [c, f, h, w] = dims;
-    let cut = |v: &[f32]| -> candle_core::Result<Tensor> {
-        Tensor::from_slice(v, dims.as_slice(), &Device::Cpu)?.narrow(1, held, f - held)
-    };
-    let next = cut(output)
-        .and_then(|v| Ok((v, cut(values)?)))
-        .map_err(|e| e.to_string())
-        .and_then(|(v, x)| sampler.step(&v, &x).map_err(|e| e.to_string()))?;
+    let own = WindowBox { frames: Span { start: bbox.frames.start + held, end: bbox.frames.end }, ..*bbox };
+    let [c, f, h, w] = bbox.latent_shape(shape.channels).dims();
+    let v = Tensor::from_slice(output, (c, f, h, w), &Device::Cpu)
+        .and_then(|v| v.narrow(1, held, f - held))
+        .map_err(|e| e.to_string())?;
+    let own_dims = [c, f - held, h, w];
+    let x = Tensor::from_vec(extract(&latent, shape, &own), own_dims.as_slice(), &Device::Cpu)
+        .map_err(|e| e.to_string())?;
+    let next = sampler.step(&v, &x).map_err(|e| e.to_string())?;
     let next = next.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
-    insert(&mut latent, shape, own, &next, [c, f - held, h, w]);
+    insert(&mut latent, shape, &own, &next);
     Ok((latent, sampler))
-}
-
-/// Writes `values` (`dims`, the box's shape) into `latent` at `bbox`.
-fn insert(latent: &mut [f32], shape: LatentShape, bbox: &WindowBox, values: &[f32], dims: [usize; 4]) {
-    let [c, f, h, w] = dims;
-    let plane = shape.frames * shape.height * shape.width;
-    for ci in 0..c {
-        for fi in 0..f {
-            for r in 0..h {
-                let src = ((ci * f + fi) * h + r) * w;
-                let dst = ci * plane
-                    + ((bbox.frames.start + fi) * shape.height + bbox.rows.start + r) * shape.width
-                    + bbox.cols.start;
-                latent[dst..dst + w].copy_from_slice(&values[src..src + w]);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -151,7 +136,7 @@ mod tests {
         let values = extract(&latent, shape, &bbox);
         let output: Vec<f32> = (0..values.len()).map(|i| 1.0 + i as f32).collect();
         let sampler = FlowSampler::new(SamplerKind::Euler, 4, 3.0).unwrap();
-        let (next, _) = advance(latent.clone(), sampler.clone(), shape, &own, dims, held, &output, &values).unwrap();
+        let (next, _) = advance(latent.clone(), sampler.clone(), shape, &bbox, held, &output).unwrap();
         let plane = shape.frames * shape.height * shape.width;
         let frame = shape.height * shape.width;
         for (i, (&a, &b)) in latent.iter().zip(&next).enumerate() {

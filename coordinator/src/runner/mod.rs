@@ -105,9 +105,11 @@ fn record_end(ctx: &JobContext, job: &Claimed, result: Result<Outcome, String>) 
         }
         Ok(Outcome::Cancelled) => {
             tracing::info!(job = %job.id, "job cancelled");
-            // Outputs of a step cut short were never fused: the job stands at its last step boundary.
+            // Outputs of a step cut short were never fused: the job stands at its last step boundary. (A
+            // continued job applies every output it receives, and its step counts all windows' steps.)
+            let fused = job.spec.fusion != FusionMode::Continue;
             ctx.store.update(&job.id, |j| {
-                if let Some(p) = j.progress.as_mut() {
+                if let Some(p) = j.progress.as_mut().filter(|_| fused) {
                     let step = p.step;
                     for w in &mut p.windows {
                         w.steps_done = w.steps_done.min(step);

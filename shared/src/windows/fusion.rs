@@ -196,6 +196,30 @@ pub fn extract(latent: &[f32], shape: LatentShape, bbox: &WindowBox) -> Vec<f32>
     out
 }
 
+/// Writes window `bbox`'s slice [C, f, h, w] into a whole latent [C, F, H, W]: the inverse of [`extract`].
+///
+/// # Panics
+/// As [`extract`], and if `values` is not `shape.channels × bbox.area()` long.
+pub fn insert(latent: &mut [f32], shape: LatentShape, bbox: &WindowBox, values: &[f32]) {
+    assert_eq!(latent.len(), shape.len(), "latent length does not match its shape");
+    assert_eq!(values.len(), shape.channels * bbox.area(), "window values do not match the window");
+    assert!(
+        bbox.frames.end <= shape.frames && bbox.rows.end <= shape.height && bbox.cols.end <= shape.width,
+        "window {bbox:?} reaches outside latent {shape:?}"
+    );
+    let LatentShape { channels, frames, height, width } = shape;
+    let plane = frames * height * width;
+    let mut rows = values.chunks_exact(bbox.cols.len());
+    for c in 0..channels {
+        for f in bbox.frames.start..bbox.frames.end {
+            for r in bbox.rows.start..bbox.rows.end {
+                let start = c * plane + (f * height + r) * width + bbox.cols.start;
+                latent[start..start + bbox.cols.len()].copy_from_slice(rows.next().expect("checked length"));
+            }
+        }
+    }
+}
+
 /// The 1-D ramp along one axis of a window of `len` positions: 1 inside, and over the first
 /// `shared_before` / last `shared_after` positions (shared with a neighbour on that side; 0 at the latent's
 /// border) a raised cosine from near 0 up to 1.
@@ -434,6 +458,18 @@ mod tests {
                 assert!(row[5..11].windows(2).all(|p| p[0] < p[1]), "{row:?}");
             }
         }
+    }
+
+    #[test]
+    fn insert_writes_back_what_extract_reads() {
+        let p = plan([4, 20, 12, 16], [8, 8, 10], [2, 4, 4]);
+        let latent = ramp_latent(p.shape);
+        let bbox = p.windows[1].bbox;
+        let mut other = vec![f32::NAN; latent.len()];
+        insert(&mut other, p.shape, &bbox, &extract(&latent, p.shape, &bbox));
+        assert_eq!(extract(&other, p.shape, &bbox), extract(&latent, p.shape, &bbox));
+        let outside = other.iter().filter(|a| a.is_nan()).count();
+        assert_eq!(outside, latent.len() - p.shape.channels * bbox.area(), "only the window was written");
     }
 
     #[test]

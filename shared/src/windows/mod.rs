@@ -7,7 +7,7 @@
 mod fusion;
 mod plan;
 
-pub use fusion::{axis_ramp, extract, Fusion, FusionError, FusionMode};
+pub use fusion::{axis_ramp, extract, insert, Fusion, FusionError, FusionMode};
 pub use plan::{
     plan_axis, plan_windows, temporal_seams, Axis, LatentShape, PlanError, PlanRequest, Span, Window, WindowBox,
     WindowPlan,
