@@ -56,6 +56,9 @@ fn eval_reads_a_procedural_video_and_finds_spliced_seams() {
     assert_eq!(report["seams"]["seams"], serde_json::json!([5, 13, 17, 25]));
     let smooth = report["seams"]["position_px"]["ratio"].as_f64().unwrap();
     assert!(smooth < 1.5, "an unspliced video shows its seams: {smooth}");
+    // Continued one after another, each window's own frames begin where the one before it ends.
+    let continued = eval_json(&["eval", file, "--prompt", &caption, "--window", "17", "--overlap", "8", "--continued"]);
+    assert_eq!(continued["seams"]["seams"], serde_json::json!([17, 25]));
 
     // A reader that stops before the report (`| head`) ends the command quietly, without a panic.
     let mut child = Command::new(BIN)

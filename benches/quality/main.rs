@@ -26,9 +26,10 @@
 //! Each MP4 is decoded and measured by `patchwork eval`'s evaluator: colour and shape of every object the
 //! prompt names over the whole video, direction over the first 17 frames (captions name the starting
 //! direction; objects bounce off the edges later), and the main object's frame-to-frame movement at the
-//! seams (where a window begins or ends) against its median movement elsewhere; and, to see where a long
-//! video loses its colours, the colour of every object in each whole 17-frame piece of the video on its
-//! own, and whether each piece's background has the prompt's colours. Prints markdown tables.
+//! seams (where a window begins or ends; for continued windows, where a window's own frames begin)
+//! against its median movement elsewhere; and, to see where a long video loses its colours, the colour
+//! of every object in each whole 17-frame piece of the video on its own, and whether each piece's
+//! background has the prompt's colours. Prints markdown tables.
 //! `tools/bench/quality.sh` builds and runs it.
 
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ use patchwork_scenes::eval::{evaluate, Report};
 use patchwork_scenes::{swap_object_colours, CaptionParts, SceneSampler, Video};
 use patchwork_shared::model::ModelGeometry;
 use patchwork_shared::pb::{self, render_service_client::RenderServiceClient};
-use patchwork_shared::windows::temporal_seams;
+use patchwork_shared::windows::{continued_seams, temporal_seams};
 use patchwork_worker::engine::{Engine, Evaluator, ModelSource};
 use patchwork_worker::run::WorkerConfig;
 use tokio_util::sync::CancellationToken;
@@ -178,8 +179,8 @@ async fn run(o: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut table = Vec::new();
     for (m, mode) in modes.iter().enumerate().filter(|(m, _)| o.modes.contains(m)) {
-        let seams =
-            temporal_seams(&g, mode.frames as usize, mode.window.min(mode.frames) as usize, mode.overlap as usize)?;
+        let seams_of = if mode.fusion == "continue" { continued_seams } else { temporal_seams };
+        let seams = seams_of(&g, mode.frames as usize, mode.window.min(mode.frames) as usize, mode.overlap as usize)?;
         let mut scores = Vec::new();
         for (i, prompt) in prompts.iter().enumerate() {
             let spec = pb::JobSpec {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use patchwork_shared::model::ModelGeometry;
-use patchwork_shared::windows::temporal_seams;
+use patchwork_shared::windows::{continued_seams, temporal_seams};
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -22,6 +22,10 @@ pub struct EvalArgs {
     /// The job's overlap in frames (a multiple of 4).
     #[arg(long, requires = "window")]
     pub overlap: Option<usize>,
+    /// The windows were continued one after another (`--fusion continue`): the seams are only where
+    /// each window's own frames begin.
+    #[arg(long, requires = "window")]
+    pub continued: bool,
     /// Seams given directly: frame indices s, each between frames s − 1 and s.
     #[arg(long, value_delimiter = ',')]
     pub seams: Vec<usize>,
@@ -37,7 +41,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             if !overlap.is_multiple_of(g.temporal_factor) || overlap >= window {
                 anyhow::bail!("--overlap {overlap}: must be a multiple of 4 and smaller than the window");
             }
-            Some(temporal_seams(&g, video.frames, window.min(video.frames), overlap).context("planning the windows")?)
+            let seams_of = if args.continued { continued_seams } else { temporal_seams };
+            Some(seams_of(&g, video.frames, window.min(video.frames), overlap).context("planning the windows")?)
         }
         _ if !args.seams.is_empty() => {
             if let Some(bad) = args.seams.iter().find(|&&s| s == 0 || s >= video.frames) {

@@ -9,6 +9,6 @@ mod plan;
 
 pub use fusion::{axis_ramp, extract, insert, Fusion, FusionError, FusionMode};
 pub use plan::{
-    plan_axis, plan_windows, temporal_seams, Axis, LatentShape, PlanError, PlanRequest, Span, Window, WindowBox,
-    WindowPlan,
+    continued_seams, plan_axis, plan_windows, temporal_seams, Axis, LatentShape, PlanError, PlanRequest, Span, Window,
+    WindowBox, WindowPlan,
 };

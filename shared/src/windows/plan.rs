@@ -200,18 +200,43 @@ pub fn temporal_seams(
     window_frames: usize,
     overlap_frames: usize,
 ) -> Result<Vec<usize>, PlanError> {
-    let spans = plan_axis(
-        Axis::Frames,
-        g.latent_frames(frames),
-        g.latent_frames(window_frames),
-        overlap_frames / g.temporal_factor,
-        g.patch[0],
-    )?;
+    let (spans, len) = temporal_spans(g, frames, window_frames, overlap_frames)?;
+    Ok(to_seams(g, spans.iter().flat_map(|s| [s.start, s.end]), len))
+}
+
+/// The seams of windows continued one after another (the "continue" joining): a window holds the frames
+/// earlier windows drew and draws only those after them, so a new hand begins only where a window's own
+/// frames begin, which is where the window before it ends.
+pub fn continued_seams(
+    g: &crate::model::ModelGeometry,
+    frames: usize,
+    window_frames: usize,
+    overlap_frames: usize,
+) -> Result<Vec<usize>, PlanError> {
+    let (spans, len) = temporal_spans(g, frames, window_frames, overlap_frames)?;
+    Ok(to_seams(g, spans.iter().map(|s| s.end), len))
+}
+
+/// The temporal windows' spans in latent frames, and the latent length.
+fn temporal_spans(
+    g: &crate::model::ModelGeometry,
+    frames: usize,
+    window_frames: usize,
+    overlap_frames: usize,
+) -> Result<(Vec<Span>, usize), PlanError> {
     let len = g.latent_frames(frames);
-    let mut changes: Vec<usize> = spans.iter().flat_map(|s| [s.start, s.end]).filter(|&k| k > 0 && k < len).collect();
+    let spans =
+        plan_axis(Axis::Frames, len, g.latent_frames(window_frames), overlap_frames / g.temporal_factor, g.patch[0])?;
+    Ok((spans, len))
+}
+
+/// Latent frames strictly inside `0..len`, sorted and deduplicated, as the first video frames decoded
+/// from them.
+fn to_seams(g: &crate::model::ModelGeometry, latent: impl Iterator<Item = usize>, len: usize) -> Vec<usize> {
+    let mut changes: Vec<usize> = latent.filter(|&k| k > 0 && k < len).collect();
     changes.sort_unstable();
     changes.dedup();
-    Ok(changes.into_iter().map(|k| g.video_frames(k)).collect())
+    changes.into_iter().map(|k| g.video_frames(k)).collect()
 }
 
 /// Spans along one axis: the fewest windows that overlap by at least `overlap`, spread evenly from 0 to
@@ -475,5 +500,18 @@ mod seam_tests {
         assert!(seams.windows(2).all(|w| w[0] < w[1]) && seams.iter().all(|&s| s > 0 && s < 77), "{seams:?}");
         // One window: no seams.
         assert!(temporal_seams(&g, 17, 17, 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn continued_seams_are_where_each_windows_own_frames_begin() {
+        let g = ModelGeometry::tiny();
+        // Windows 0..5, 3..8, ..., 15..20: the windows' own frames begin at latent 5, 8, 11, 14, 17.
+        let video = |k: usize| g.video_frames(k);
+        assert_eq!(continued_seams(&g, 77, 17, 8).unwrap(), [5, 8, 11, 14, 17].map(video));
+        // Every continued seam is also a seam of the fused joinings; with no overlap they are the same.
+        let all = temporal_seams(&g, 77, 17, 8).unwrap();
+        assert!(continued_seams(&g, 77, 17, 8).unwrap().iter().all(|s| all.contains(s)));
+        assert_eq!(continued_seams(&g, 77, 17, 0).unwrap(), temporal_seams(&g, 77, 17, 0).unwrap());
+        assert!(continued_seams(&g, 17, 17, 4).unwrap().is_empty());
     }
 }

@@ -156,7 +156,30 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
         Some(_) => 0,
         None => ((u * windows as f64) as usize).min(windows - 1),
     };
-    let starts: Vec<usize> = draws(5).into_iter().map(start).collect();
+    // With `dit.context`, the clean leading frames of each draw (0 for most).
+    let frames = data.window;
+    let held: Vec<usize> = match &r.context {
+        Some(c) => draws(6)
+            .into_iter()
+            .zip(draws(7))
+            .map(|(u, k)| if u < c.chance { 1 + ((k * c.max_frames as f64) as usize).min(c.max_frames - 1) } else { 0 })
+            .collect(),
+        None => vec![0; r.batch],
+    };
+    let later = r.context.as_ref().is_some_and(|c| c.later_windows) && windows > 1;
+    let starts: Vec<usize> = draws(5)
+        .into_iter()
+        .zip(&held)
+        .map(
+            |(u, &c)| {
+                if later && c > 0 {
+                    1 + ((u * (windows - 1) as f64) as usize).min(windows - 2)
+                } else {
+                    start(u)
+                }
+            },
+        )
+        .collect();
     let sigmas: Vec<f32> = draws(1).iter().map(|&u| (r.shift * u / (1.0 + (r.shift - 1.0) * u)) as f32).collect();
     // Each optional part is left out on a draw of its own; at a part dropout of 0 every caption is full
     // and the batch is what it was before part dropout existed.
@@ -190,16 +213,6 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     };
     let x0 = cut(data.latents.index_select(&picked, 0)?)?;
     let eps = data::normal(data::seed_for(recipe.seed, Stream::DitNoise, step as u64, 0), x0.dims(), device)?;
-    // With `dit.context`, the clean leading frames of each draw (0 for most).
-    let frames = data.window;
-    let held: Vec<usize> = match &r.context {
-        Some(c) => draws(6)
-            .into_iter()
-            .zip(draws(7))
-            .map(|(u, k)| if u < c.chance { 1 + ((k * c.max_frames as f64) as usize).min(c.max_frames - 1) } else { 0 })
-            .collect(),
-        None => vec![0; r.batch],
-    };
     // The noise level of every latent frame of every draw: the draw's own, 0 on its context frames.
     let frame_sigmas: Vec<f32> =
         sigmas.iter().zip(&held).flat_map(|(&s, &c)| (0..frames).map(move |f| if f < c { 0.0 } else { s })).collect();

@@ -133,6 +133,12 @@ pub struct ContextFrames {
     /// A draw with context holds 1 to this many of its first latent frames clean (drawn evenly); fewer
     /// than the window's latent frames.
     pub max_frames: usize,
+    /// Draws with context take a later window of their clip (evenly), never its first: the farm holds
+    /// frames from the middle of a video, each latent frame four frames long, while a clip's first
+    /// latent frame holds one. Needs `dit.clip_frames` longer than `frames`; the draws without context
+    /// take their windows as `dit.first_window` says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub later_windows: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -435,6 +441,9 @@ impl Recipe {
                     window - 1,
                     c.max_frames
                 ));
+            }
+            if c.later_windows && self.clip_frames() == self.frames {
+                return Err("dit.context.later_windows needs dit.clip_frames longer than frames".into());
             }
             if self.dit.pixel_loss > 0.0 {
                 return Err("dit.context and dit.pixel_loss do not go together: the pixel loss takes one \

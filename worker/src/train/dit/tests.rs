@@ -361,7 +361,7 @@ fn context_frames_are_held_clean_and_left_out_of_the_loss() -> Result<()> {
     let device = Device::Cpu;
     let mut recipe = tiny_recipe();
     recipe.dit.batch = 64;
-    recipe.dit.context = Some(super::super::recipe::ContextFrames { chance: 0.5, max_frames: 2 });
+    recipe.dit.context = Some(super::super::recipe::ContextFrames { chance: 0.5, max_frames: 2, later_windows: false });
     let clips = 8;
     // Each clip's latent is its index everywhere, so a clean frame is constant and noise shows.
     let index = Tensor::arange(0f32, clips as f32, &device)?.reshape((clips, 1, 1, 1, 1))?;
@@ -408,5 +408,46 @@ fn context_frames_are_held_clean_and_left_out_of_the_loss() -> Result<()> {
     assert!((moved - value).abs() < 1e-6 * value, "{moved} {value}");
     let proj = dit_params.vars().into_iter().find(|(n, _)| n == "proj_out.weight").expect("proj_out").1;
     assert!(l.backward()?.get(proj.as_tensor()).is_some());
+    Ok(())
+}
+
+/// `dit.context.later_windows`: every draw holding context frames takes a later window of its clip, so
+/// its clean frames are four frames long each, as the farm's held frames are; the other draws take
+/// their windows as `dit.first_window` says (here mostly the first).
+#[test]
+fn context_draws_take_later_windows_when_asked() -> Result<()> {
+    let device = Device::Cpu;
+    let mut recipe = tiny_recipe();
+    recipe.dit.batch = 64;
+    recipe.dit.clip_frames = Some(33);
+    recipe.dit.first_window = Some(0.9);
+    recipe.dit.context = Some(super::super::recipe::ContextFrames { chance: 0.5, max_frames: 2, later_windows: true });
+    // Clips of 9 latent frames whose every value is the latent frame's index: a draw's first frame,
+    // held clean, tells where its window starts.
+    let clips = 8;
+    let index = Tensor::arange(0f32, 9.0, &device)?.reshape((1, 1, 9, 1, 1))?;
+    let data = Dataset {
+        latents: index.broadcast_as((clips, 16, 9, 4, 4))?.contiguous()?,
+        window: 5,
+        captions: caption_forms(&recipe, clips),
+        weights: None,
+    };
+    let (mut held_starts, mut free) = (Vec::new(), 0);
+    for step in 0..4 {
+        let b = batch(&recipe, &data, step, &device)?;
+        for (i, ts) in b.timesteps.to_vec2::<f32>()?.iter().enumerate() {
+            if ts[0] == 0.0 {
+                let first: f32 = b.noisy.get(i)?.get(0)?.get(0)?.get(0)?.get(0)?.to_scalar()?;
+                held_starts.push(first as usize);
+            } else {
+                free += 1;
+            }
+        }
+    }
+    assert!(held_starts.iter().all(|&s| (1..=4).contains(&s)), "{held_starts:?}");
+    for start in 1..=4 {
+        assert!(held_starts.contains(&start), "no context draw starts at {start}: {held_starts:?}");
+    }
+    assert!(held_starts.len() > 64 && free > 64, "{} with context, {free} without", held_starts.len());
     Ok(())
 }

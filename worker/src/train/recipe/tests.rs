@@ -98,7 +98,7 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
     let continued: Recipe =
         serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue.json")).unwrap();
     continued.validate().unwrap();
-    assert_eq!(continued.dit.context, Some(ContextFrames { chance: 0.5, max_frames: 2 }));
+    assert_eq!(continued.dit.context, Some(ContextFrames { chance: 0.5, max_frames: 2, later_windows: false }));
     let same = Recipe {
         dit: DitRecipe {
             clips: windows.dit.clips,
@@ -120,6 +120,22 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
         ..starts.clone()
     };
     assert_eq!(same, tune);
+    // And the twin whose draws with context take later windows of 33-frame clips, the rest mostly starts.
+    let later: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue-later.json")).unwrap();
+    later.validate().unwrap();
+    assert_eq!(later.dit.context, Some(ContextFrames { later_windows: true, ..starts.dit.context.clone().unwrap() }));
+    assert_eq!((later.clip_frames(), later.dit.first_window), (33, Some(0.9)));
+    let same = Recipe {
+        dit: DitRecipe {
+            clip_frames: None,
+            first_window: None,
+            context: starts.dit.context.clone(),
+            ..later.dit.clone()
+        },
+        ..later.clone()
+    };
+    assert_eq!(same, starts);
 
     // The long windows' fine-tune is the windows' with scenes planned for the whole clip and half the
     // draws taking a clip's first window.
@@ -187,13 +203,20 @@ fn the_shipped_recipes_are_valid_and_share_the_vae() {
         [(1.5, 2, "chance"), (f64::NAN, 2, "chance"), (0.5, 0, "max_frames"), (0.5, 5, "max_frames")]
     {
         let mut bad = default.clone();
-        bad.dit.context = Some(ContextFrames { chance, max_frames });
+        bad.dit.context = Some(ContextFrames { chance, max_frames, later_windows: false });
         let err = bad.validate().unwrap_err();
         assert!(err.contains(&format!("dit.context.{field}")), "{err}");
     }
     let mut context = default.clone();
-    context.dit.context = Some(ContextFrames { chance: 0.5, max_frames: 4 });
+    context.dit.context = Some(ContextFrames { chance: 0.5, max_frames: 4, later_windows: false });
     context.validate().unwrap();
+    // Later windows need clips longer than the window.
+    let mut later = context.clone();
+    later.dit.context = Some(ContextFrames { chance: 0.5, max_frames: 4, later_windows: true });
+    let err = later.validate().unwrap_err();
+    assert!(err.contains("dit.context.later_windows") && err.contains("dit.clip_frames"), "{err}");
+    later.dit.clip_frames = Some(33);
+    later.validate().unwrap();
     context.dit.pixel_loss = 0.5;
     let err = context.validate().unwrap_err();
     assert!(err.contains("dit.context") && err.contains("dit.pixel_loss"), "{err}");
