@@ -147,12 +147,12 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
     let picks: Vec<u32> =
         draws(0).iter().map(|u| ((u * data.len() as f64) as usize).min(data.len() - 1) as u32).collect();
     let windows = data.latents.dim(2)? - data.window + 1;
+    // A window other than the clip's first, spread evenly over `u` in 0..1.
+    let later_window = |u: f64| 1 + ((u * (windows - 1) as f64) as usize).min(windows - 2);
     // With `dit.first_window` a draw below it takes the clip's first window and the rest spread over the
     // others; without it every start is alike.
     let start = |u: f64| match r.first_window {
-        Some(p) if windows > 1 && u >= p => {
-            1 + (((u - p) / (1.0 - p) * (windows - 1) as f64) as usize).min(windows - 2)
-        }
+        Some(p) if windows > 1 && u >= p => later_window((u - p) / (1.0 - p)),
         Some(_) => 0,
         None => ((u * windows as f64) as usize).min(windows - 1),
     };
@@ -166,19 +166,12 @@ pub fn batch(recipe: &Recipe, data: &Dataset, step: usize, device: &Device) -> R
             .collect(),
         None => vec![0; r.batch],
     };
+    // With `dit.context.later_windows`, a draw that holds frames takes a later window.
     let later = r.context.as_ref().is_some_and(|c| c.later_windows) && windows > 1;
     let starts: Vec<usize> = draws(5)
         .into_iter()
         .zip(&held)
-        .map(
-            |(u, &c)| {
-                if later && c > 0 {
-                    1 + ((u * (windows - 1) as f64) as usize).min(windows - 2)
-                } else {
-                    start(u)
-                }
-            },
-        )
+        .map(|(u, &c)| if later && c > 0 { later_window(u) } else { start(u) })
         .collect();
     let sigmas: Vec<f32> = draws(1).iter().map(|&u| (r.shift * u / (1.0 + (r.shift - 1.0) * u)) as f32).collect();
     // Each optional part is left out on a draw of its own; at a part dropout of 0 every caption is full
