@@ -368,4 +368,14 @@ fn the_vae_fine_tune_is_the_contrast_fine_tune_without_its_terms() {
     let off = Contrast::default();
     let vae = VaeRecipe { colour_contrast: off.clone(), shape_contrast: off, ..both.vae.clone() };
     assert_eq!(plain, Recipe { vae, ..both });
+
+    // Its twin whose transformer learns to continue is the VAE fine-tune with the later-windows
+    // continuation's transformer phase, as long and as fast as its own.
+    let later: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue-later.json")).unwrap();
+    let continued: Recipe =
+        serde_json::from_str(include_str!("../../../../models/recipes/finetune-vae-continue.json")).unwrap();
+    continued.validate().unwrap();
+    let dit = DitRecipe { steps: plain.dit.steps, lr: plain.dit.lr, ..later.dit.clone() };
+    assert_eq!(continued, Recipe { dit, ..plain.clone() });
 }
