@@ -368,14 +368,17 @@ fn the_vae_fine_tune_is_the_contrast_fine_tune_without_its_terms() {
     let off = Contrast::default();
     let vae = VaeRecipe { colour_contrast: off.clone(), shape_contrast: off, ..both.vae.clone() };
     assert_eq!(plain, Recipe { vae, ..both });
+}
 
-    // Its twin whose transformer learns to continue is the VAE fine-tune with the later-windows
-    // continuation's transformer phase, as long and as fast as its own.
+#[test]
+fn the_vae_continuation_is_the_vae_fine_tune_with_the_later_windows_transformer_phase() {
+    // The transformer phase is the later-windows continuation's, as long and as fast as the VAE fine-tune's own.
+    let plain: Recipe = serde_json::from_str(include_str!("../../../../models/recipes/finetune-vae.json")).unwrap();
     let later: Recipe =
         serde_json::from_str(include_str!("../../../../models/recipes/finetune-continue-later.json")).unwrap();
     let continued: Recipe =
         serde_json::from_str(include_str!("../../../../models/recipes/finetune-vae-continue.json")).unwrap();
     continued.validate().unwrap();
     let dit = DitRecipe { steps: plain.dit.steps, lr: plain.dit.lr, ..later.dit.clone() };
-    assert_eq!(continued, Recipe { dit, ..plain.clone() });
+    assert_eq!(continued, Recipe { dit, ..plain });
 }
